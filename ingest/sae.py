@@ -39,8 +39,9 @@ CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size",
                  "dataset_path")
 _FOLDED_KEY = "norm_scaling_factor_folded"
-#: Elements of ``h`` computed at once by ``encode_sparse`` (64 MiB of float32).
-_CHUNK_ELEMENTS = 1 << 24
+#: Elements of ``h`` computed at once by ``encode_sparse`` (16 MiB of float32): chunks of
+#: ~1k rows keep the post-matmul passes (mask, nonzero, topk) in cache and memory bounded.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 class Registry(Generic[T]):
@@ -226,8 +227,13 @@ def expected_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple
 class SAE:
     """A sparse autoencoder ready to encode, float32 on CPU, tensors in SAELens shapes.
 
-    With ``normalize_activations == "expected_average_only_in"`` the tensors already have
-    ``norm_scaling_factor`` folded in (see the module docstring).
+    ``architecture`` names an entry of ``ARCHITECTURES`` and decides which of the optional
+    tensors exist (``b_enc``; ``threshold``; gated: ``b_gate, r_mag, b_mag`` and no b_enc).
+    ``k`` and ``rescale_acts_by_decoder_norm`` are topk's. With ``normalize_activations ==
+    "expected_average_only_in"`` the tensors already have ``norm_scaling_factor`` folded in
+    (see the module docstring). ``metadata`` is the cfg's (model_name, hook_name, ...).
+    ``weights_sha256`` is the sha256 of the sae_weights.safetensors file this SAE was last
+    loaded from or saved to (None for an SAE built in memory).
     """
 
     architecture: str
@@ -267,7 +273,7 @@ class SAE:
                 raise ModelError(f"tensor '{name}' has shape {got}, expected {shape} "
                                  f"(d_in={d_in}, d_sae={d_sae})")
         if self.architecture == "topk":
-            if not isinstance(self.k, int) or not 1 <= self.k <= d_sae:
+            if type(self.k) is not int or not 1 <= self.k <= d_sae:
                 raise ModelError(f"a topk SAE needs an integer k in [1, {d_sae}], got {self.k!r}")
         elif self.k is not None or self.rescale_acts_by_decoder_norm:
             raise ModelError(f"k and rescale_acts_by_decoder_norm apply to topk SAEs only, "

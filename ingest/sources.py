@@ -27,8 +27,13 @@ from saedb.errors import ConfigError, InputError
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 
 
@@ -150,7 +155,9 @@ def _to_doc(
     else:
         kind = "null" if value is None else type(value).__name__
         return BadRow(
-            source, line, f"field '{text_field}' must be text or a list of messages, got {kind}",
+            source,
+            line,
+            f"field '{text_field}' must be text or a list of messages, got {kind}",
             raw,
         )
     if id_field is not None:
@@ -171,8 +178,11 @@ def _check_chat(value: list) -> str | None:
     if not value:
         return "empty list of messages"
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
             return f"message {i} is not a {{'role': str, 'content': str}} object"
     if not any(m["content"].strip() for m in value):
         return "all messages are empty"
@@ -202,8 +212,16 @@ def _jsonl_rows(path: Path, _kind: str) -> Iterator[Row]:
                 raw = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as exc:
                 shown = raw_bytes.decode("utf-8", errors="replace").rstrip("\n")
-                yield line_no, BadRow(str(path), line_no, f"not valid UTF-8 ({exc.reason} at "
-                                      f"byte {exc.start})", shown), shown
+                yield (
+                    line_no,
+                    BadRow(
+                        str(path),
+                        line_no,
+                        f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                        shown,
+                    ),
+                    shown,
+                )
                 continue
             raw = raw.rstrip("\r\n")
             try:
@@ -246,8 +264,13 @@ def _csv_rows(path: Path, kind: str) -> Iterator[Row]:
                 yield line, BadRow(str(path), line, "not valid UTF-8", shown), shown
                 continue
             if len(values) != len(header):
-                yield line, BadRow(str(path), line, f"expected {len(header)} columns, got "
-                                   f"{len(values)}", raw), raw
+                yield (
+                    line,
+                    BadRow(
+                        str(path), line, f"expected {len(header)} columns, got {len(values)}", raw
+                    ),
+                    raw,
+                )
                 continue
             yield line, dict(zip(header, values, strict=True)), raw
 

@@ -19,6 +19,7 @@ Activations are read from a numpy array or memmap in shuffled batches (never all
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -153,9 +154,7 @@ class _TopKSAE(torch.nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _batches(
-    acts: np.ndarray, rows: np.ndarray, batch_size: int
-) -> Any:
+def _batches(acts: np.ndarray, rows: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
     """Yield float32 tensors of the given rows, ``batch_size`` at a time (sorted per batch
     so a memmap is read in order)."""
     for start in range(0, len(rows), batch_size):
@@ -244,15 +243,16 @@ def train_topk(
                 since_fired[idx[idx >= 0]] = 0
                 loss_sum += loss.item() * x.shape[0]
                 bar.update()
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", dead=int(dead.sum()))
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", dead=int(dead.sum()),
+                                refresh=False)
             metrics = _evaluate(model, acts, val_rows, since_fired >= cfg.dead_tokens_threshold,
                                 recipe)
             history.append({"epoch": epoch, "train_loss": loss_sum / len(train_rows), **metrics})
     finally:
         bar.close()
 
-    recipe.update(n_tokens=len(train_rows), n_val_tokens=n_val, final_metrics=history[-1],
-                  history=history)
+    recipe.update(n_tokens=len(train_rows), n_val_tokens=n_val,
+                  final_metrics=dict(history[-1]), history=[dict(h) for h in history])
     sae = SAE(
         architecture="topk",
         W_enc=model.W_enc.detach(), b_enc=model.b_enc.detach(),

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 DEFAULT_SAE_KEY = "default_sae_id"
 
 
+def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
+    """The first row of a result, or None. Fetches everything: in DuckDB 2.0 an unfinished
+    result keeps the connection busy."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 @dataclass
 class SaeRecord:
     """One row of the ``saes`` table: an SAE and the reader/hook it belongs to."""
@@ -105,20 +112,20 @@ class Store:
 
     def _execute(self, query: str, params: Any) -> duckdb.DuckDBPyConnection:
         try:
-            return self.con.execute(query, params) if params is not None else self.con.execute(query)
+            return (
+                self.con.execute(query, params) if params is not None else self.con.execute(query)
+            )
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {exc}") from exc
 
     # -- settings ------------------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
-        row = self.con.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        row = _first(self.con.execute("SELECT value FROM settings WHERE key = ?", [key]))
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        self.con.execute(
-            "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value]
-        )
+        self.con.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value])
 
     # -- datasets ------------------------------------------------------------------------
 
@@ -126,15 +133,19 @@ class Store:
         """The id of a dataset by name, creating it when ``create`` is true."""
         if not name or not name.strip():
             raise ConfigError("a dataset name must not be empty")
-        row = self.con.execute("SELECT dataset_id FROM datasets WHERE name = ?", [name]).fetchone()
+        row = _first(self.con.execute("SELECT dataset_id FROM datasets WHERE name = ?", [name]))
         if row:
             return int(row[0])
         if not create:
-            names = [r[0] for r in self.con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+            names = [
+                r[0] for r in self.con.execute("SELECT name FROM datasets ORDER BY name").fetchall()
+            ]
             raise ConfigError(
                 f"no dataset named '{name}'. Datasets in this store: {', '.join(names) or 'none'}"
             )
-        new_id = self.con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets").fetchone()[0]
+        new_id = _first(self.con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets"))[
+            0
+        ]
         self.con.execute(
             "INSERT INTO datasets (dataset_id, name, description) VALUES (?, ?, ?)",
             [new_id, name, description],
@@ -146,9 +157,9 @@ class Store:
     def register_sae(self, rec: SaeRecord, *, make_default: bool = False) -> int:
         """Record an SAE. Registering the same name with the same weights is a no-op;
         the same name with other weights is refused."""
-        row = self.con.execute(
-            "SELECT sae_id, weights_sha256 FROM saes WHERE name = ?", [rec.name]
-        ).fetchone()
+        row = _first(
+            self.con.execute("SELECT sae_id, weights_sha256 FROM saes WHERE name = ?", [rec.name])
+        )
         if row:
             if row[1] != rec.weights_sha256:
                 raise StoreError(
@@ -157,7 +168,9 @@ class Store:
                 )
             sae_id = int(row[0])
         else:
-            sae_id = int(self.con.execute("SELECT coalesce(max(sae_id), 0) + 1 FROM saes").fetchone()[0])
+            sae_id = int(
+                _first(self.con.execute("SELECT coalesce(max(sae_id), 0) + 1 FROM saes"))[0]
+            )
             fields = asdict(rec)
             fields.update(sae_id=sae_id, config=json.dumps(rec.config))
             cols = list(fields)
@@ -180,13 +193,20 @@ class Store:
                 )
             name = int(default)
         col = "sae_id" if isinstance(name, int) else "name"
-        row = self.con.execute(
-            "SELECT name, reader_model, reader_revision, hook_name, layer, architecture, d_in, "
-            f"d_sae, weights_sha256, path, config, sae_id FROM saes WHERE {col} = ?", [name]
-        ).fetchone()
+        row = _first(
+            self.con.execute(
+                "SELECT name, reader_model, reader_revision, hook_name, layer, architecture, d_in, "
+                f"d_sae, weights_sha256, path, config, sae_id FROM saes WHERE {col} = ?",
+                [name],
+            )
+        )
         if row is None:
-            names = [r[0] for r in self.con.execute("SELECT name FROM saes ORDER BY sae_id").fetchall()]
-            raise ConfigError(f"SAE '{name}' not found. SAEs in this store: {', '.join(names) or 'none'}")
+            names = [
+                r[0] for r in self.con.execute("SELECT name FROM saes ORDER BY sae_id").fetchall()
+            ]
+            raise ConfigError(
+                f"SAE '{name}' not found. SAEs in this store: {', '.join(names) or 'none'}"
+            )
         values = list(row)
         values[10] = json.loads(values[10])
         return SaeRecord(*values)
@@ -194,7 +214,9 @@ class Store:
     # -- ingest runs ---------------------------------------------------------------------
 
     def start_run(self, config: dict[str, Any]) -> int:
-        run_id = int(self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0])
+        run_id = int(
+            _first(self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs"))[0]
+        )
         self.con.execute(
             "INSERT INTO ingest_runs (run_id, config) VALUES (?, ?)", [run_id, json.dumps(config)]
         )
@@ -253,7 +275,7 @@ class Store:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            next_id = con.execute("SELECT coalesce(max(doc_id), 0) + 1 FROM documents").fetchone()[0]
+            next_id = _first(con.execute("SELECT coalesce(max(doc_id), 0) + 1 FROM documents"))[0]
             given = documents.column("doc_id").to_pylist()
             doc_ids: list[int] = []
             for g in given:
