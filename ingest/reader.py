@@ -277,6 +277,8 @@ class Reader:
         self, texts: Sequence[str], content_spans: Sequence[list[tuple[int, int]] | None]
     ) -> list[Tokenized]:
         """Tokenize a chunk of documents at once (the fast tokenizer is batched)."""
+        if not texts:
+            return []
         enc = self.tokenizer(
             list(texts),
             add_special_tokens=False,

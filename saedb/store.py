@@ -285,7 +285,7 @@ class Store:
                 else:
                     doc_ids.append(int(g))
             ids = pa.array(doc_ids, pa.int64())
-            is_new = pa.array([g is None for g in given])
+            is_new = pa.array([g is None for g in given], pa.bool_())
             docs = documents.set_column(documents.schema.get_field_index("doc_id"), "doc_id", ids)
             lat = latents.append_column("doc_id", pa.compute.take(ids, latents.column("doc_index")))
             con.register("_batch_docs", docs.filter(is_new))
