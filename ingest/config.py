@@ -6,7 +6,9 @@ text), and every ingest run records its configuration in ``ingest_runs.config``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from saedb.errors import ConfigError
 
@@ -114,3 +116,57 @@ class TrainSaeConfig:
             raise ConfigError(f"max_tokens must be >= 1000, got {self.max_tokens}")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError(f"save_dtype must be float32 or float16, got {self.save_dtype}")
+
+
+@dataclass
+class TrainConfig:
+    """How to train a TopK SAE (``train_topk``)."""
+
+    d_sae: int = 4096
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (the TopK)."""
+    aux_k: int | None = None
+    """Dead latents the AuxK loss uses per token; None means d_in // 2 (capped at d_sae)."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss (Gao et al. use 1/32)."""
+    lr: float | None = None
+    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 2**14) (Gao et al.'s scaling)."""
+    batch_size: int = 4096
+    """Tokens per optimisation step."""
+    epochs: int = 1
+    """Passes over the training split."""
+    dead_tokens_threshold: int = 100_000
+    """A latent is dead once it has not fired for this many training tokens (Gao et al. use
+    10M on billion-token runs; 100k is ~800x the mean gap between firings at d_sae=4096, k=32,
+    and short enough to matter on a CPU-sized run of ~1M tokens)."""
+    seed: int = 0
+    """Seed of the train/validation split, the shuffling and the initialisation."""
+    val_fraction: float = 0.05
+    """Fraction of the rows held out to compute the per-epoch metrics."""
+
+    def __post_init__(self) -> None:
+        positive_ints = ("d_sae", "k", "batch_size", "epochs", "dead_tokens_threshold")
+        for name in positive_ints + (("aux_k",) if self.aux_k is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.k > self.d_sae:
+            raise ConfigError(f"TrainConfig.k ({self.k}) must not exceed d_sae ({self.d_sae})")
+        if not (isinstance(self.aux_coef, int | float) and 0 <= self.aux_coef < math.inf):
+            raise ConfigError(f"TrainConfig.aux_coef must be >= 0, got {self.aux_coef!r}")
+        if self.lr is not None and not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
+            raise ConfigError(f"TrainConfig.lr must be in (0, 1), got {self.lr!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
+        if not (isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1):
+            raise ConfigError(
+                f"TrainConfig.val_fraction must be a float in (0, 1), got {self.val_fraction!r}"
+            )
+
+    def resolved(self, d_in: int) -> dict[str, Any]:
+        """All fields, with the None defaults of aux_k and lr filled in for ``d_in``."""
+        recipe = asdict(self)
+        recipe["aux_k"] = min(self.aux_k or max(1, d_in // 2), self.d_sae)
+        recipe["lr"] = self.lr or 2e-4 / math.sqrt(self.d_sae / 2**14)
+        return recipe

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from ingest import activations
-from ingest.config import ReaderConfig, TrainSaeConfig
+from ingest.config import ReaderConfig, TrainConfig, TrainSaeConfig
 from ingest.hooks import parse_hook
 from ingest.reader import Reader, resolve_reader
 from ingest.sae import save_saelens
-from ingest.train import TrainConfig, train_topk
+from ingest.train import train_topk
 from saedb.errors import ConfigError
 
 

@@ -39,7 +39,7 @@ def _format_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ingest.config import IngestConfig  # torch-free: only the dataclass
+    from ingest.config import IngestConfig, TrainConfig, TrainSaeConfig  # torch-free
     from saedb.options import add_options
 
     ap = argparse.ArgumentParser(
@@ -122,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.set_defaults(func=cmd_optimize)
 
-    from ingest.config import TrainSaeConfig
 
     p = sub.add_parser(
         "train-sae",
@@ -135,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", nargs="+", help="JSONL/CSV/Parquet files with a text field")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_options(p, TrainSaeConfig, skip=("corpus", "progress"))
+    add_options(p, TrainConfig)
     p.set_defaults(func=cmd_train_sae)
 
     from saedb import demo
@@ -201,12 +201,12 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from saedb.errors import require_ingest_extra
 
     require_ingest_extra("saedb train-sae")
-    from ingest.config import TrainSaeConfig
+    from ingest.config import TrainConfig, TrainSaeConfig
     from ingest.train_sae import train_sae
     from saedb.options import build
 
     cfg = build(TrainSaeConfig, args, corpus=list(args.corpus), progress=not args.quiet)
-    history = train_sae(cfg)
+    history = train_sae(cfg, build(TrainConfig, args))
     last = history[-1]
     print(
         f"saved {cfg.out}: FVU {last['fvu']:.3f}, L0 {last['l0']:.1f}, "

@@ -42,7 +42,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = docs.get(f.name, "")
-        default = f.default if f.default is not dataclasses.MISSING else None
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
         kind = _base_type(hints[f.name])
         if kind is bool:
             parser.add_argument(
@@ -55,6 +56,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
                 type=kind,
                 default=default,
                 dest=f.name,
+                required=required,
                 metavar=f.name.upper(),
                 help=help_text + shown,
             )
