@@ -227,11 +227,16 @@ class Reader:
         self.pad_id = _pad_id(self.tokenizer)
         self.max_positions = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
         frame = len(self.prefix_ids) + len(self.suffix_ids)
-        if self.config.window_tokens + self.config.window_overlap + frame > self.max_positions:
+        # Windows must fit the model (e.g. 512 positions for BERT-style encoders): shrink the
+        # window, never the document. The effective size is what `windows` uses.
+        self.window_tokens = min(
+            self.config.window_tokens, self.max_positions - frame - self.config.window_overlap
+        )
+        if self.window_tokens < 8:
             raise ConfigError(
-                f"window_tokens + window_overlap ({self.config.window_tokens} + "
-                f"{self.config.window_overlap}) exceed what {self.resolved.model_name} accepts "
-                f"({self.max_positions} positions incl. {frame} special tokens)"
+                f"window_overlap {self.config.window_overlap} leaves no room for content in "
+                f"{self.resolved.model_name} ({self.max_positions} positions incl. {frame} "
+                "special tokens); lower --window-overlap"
             )
 
     # -- framing -----------------------------------------------------------------------
@@ -303,7 +308,7 @@ class Reader:
     def windows(self, docs: Sequence[Tokenized]) -> list[Window]:
         """Split documents into windows of ``window_tokens`` pooled tokens; each later window
         also sees ``window_overlap`` earlier tokens as unpooled context."""
-        w, ov = self.config.window_tokens, self.config.window_overlap
+        w, ov = self.window_tokens, self.config.window_overlap
         pre = np.asarray(self.prefix_ids, dtype=np.int64)
         suf = np.asarray(self.suffix_ids, dtype=np.int64)
         out: list[Window] = []

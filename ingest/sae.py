@@ -36,8 +36,14 @@ NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm", "expected_avera
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 #: Metadata keys every cfg we write carries (None when unknown), as in SAELens v6.
-METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size",
-                 "dataset_path")
+METADATA_KEYS = (
+    "model_name",
+    "hook_name",
+    "hook_head_index",
+    "prepend_bos",
+    "context_size",
+    "dataset_path",
+)
 _FOLDED_KEY = "norm_scaling_factor_folded"
 #: Elements of ``h`` computed at once by ``encode_sparse`` (16 MiB of float32): chunks of
 #: ~1k rows keep the post-matmul passes (mask, nonzero, topk) in cache and memory bounded.
@@ -216,7 +222,9 @@ _OPTIONAL = ("b_enc", "threshold", "b_gate", "r_mag", "b_mag")
 def expected_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
     """Tensor name -> SAELens shape for an architecture (W_enc, W_dec, b_dec first)."""
     shapes: dict[str, tuple[int, ...]] = {
-        "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)
+        "W_enc": (d_in, d_sae),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
     }
     for name in ARCHITECTURES[architecture].tensors:
         shapes[name] = (d_sae,)
@@ -270,21 +278,29 @@ class SAE:
         for name, shape in expected_shapes(self.architecture, d_in, d_sae).items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
-                raise ModelError(f"tensor '{name}' has shape {got}, expected {shape} "
-                                 f"(d_in={d_in}, d_sae={d_sae})")
+                raise ModelError(
+                    f"tensor '{name}' has shape {got}, expected {shape} "
+                    f"(d_in={d_in}, d_sae={d_sae})"
+                )
         if self.architecture == "topk":
             if type(self.k) is not int or not 1 <= self.k <= d_sae:
                 raise ModelError(f"a topk SAE needs an integer k in [1, {d_sae}], got {self.k!r}")
         elif self.k is not None or self.rescale_acts_by_decoder_norm:
-            raise ModelError(f"k and rescale_acts_by_decoder_norm apply to topk SAEs only, "
-                             f"not {self.architecture}")
+            raise ModelError(
+                f"k and rescale_acts_by_decoder_norm apply to topk SAEs only, "
+                f"not {self.architecture}"
+            )
         if self.normalize_activations not in NORMALIZATIONS:
-            raise ModelError(f"normalize_activations {self.normalize_activations!r} is not "
-                             f"supported. Valid values are: {', '.join(NORMALIZATIONS)}")
+            raise ModelError(
+                f"normalize_activations {self.normalize_activations!r} is not "
+                f"supported. Valid values are: {', '.join(NORMALIZATIONS)}"
+            )
         s = self.norm_scaling_factor
         if (self.normalize_activations == "expected_average_only_in") != (s is not None):
-            raise ModelError("norm_scaling_factor goes with normalize_activations="
-                             "'expected_average_only_in', and only with it")
+            raise ModelError(
+                "norm_scaling_factor goes with normalize_activations="
+                "'expected_average_only_in', and only with it"
+            )
         if s is not None and not (math.isfinite(s) and s > 0):
             raise ModelError(f"norm_scaling_factor must be a positive number, got {s!r}")
         self.metadata = {**dict.fromkeys(METADATA_KEYS), **self.metadata}
@@ -312,9 +328,14 @@ class SAE:
         if normalize == "expected_average_only_in":
             normalize, metadata[_FOLDED_KEY] = "none", self.norm_scaling_factor
         cfg: dict[str, Any] = {
-            "architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
-            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input,
-            "normalize_activations": normalize, "reshape_activations": "none",
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": normalize,
+            "reshape_activations": "none",
         }
         if self.architecture == "topk":
             cfg["k"] = self.k
@@ -325,8 +346,9 @@ class SAE:
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Cast, normalise and subtract b_dec: the ``x'`` every architecture starts from."""
         if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise ModelError(f"SAE expects activations of shape [n, {self.d_in}], "
-                             f"got {tuple(x.shape)}")
+            raise ModelError(
+                f"SAE expects activations of shape [n, {self.d_in}], got {tuple(x.shape)}"
+            )
         x = x.to(torch.float32)
         if self.normalize_activations == "constant_norm_rescale":
             # all-zero rows (padding) stay zero instead of turning into NaN
@@ -419,8 +441,9 @@ def load_saelens(path: str | Path, *, norm_scaling_factor: float | None = None) 
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     for p in (cfg_path, weights_path):
         if not p.is_file():
-            raise ModelError(f"{p} does not exist: a SAELens SAE directory holds "
-                             f"{CFG_FILE} and {WEIGHTS_FILE}")
+            raise ModelError(
+                f"{p} does not exist: a SAELens SAE directory holds {CFG_FILE} and {WEIGHTS_FILE}"
+            )
     try:
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -436,25 +459,34 @@ def load_saelens(path: str | Path, *, norm_scaling_factor: float | None = None) 
         if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
             raise ModelError(f"{cfg_path}: '{key}' must be an integer, got {cfg.get(key)!r}")
     if cfg.get("reshape_activations", "none") != "none":
-        raise ModelError(f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} "
-                         "is not supported (residual-stream SAEs only)")
+        raise ModelError(
+            f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} "
+            "is not supported (residual-stream SAEs only)"
+        )
     metadata = cfg["metadata"]
     normalize = cfg.get("normalize_activations", "none")
     folded = metadata.pop(_FOLDED_KEY, None)  # written by save_saelens: already folded
     fold: float | None = None
     if normalize == "expected_average_only_in":
-        for fold in (norm_scaling_factor, cfg.get("norm_scaling_factor"),
-                     metadata.get("norm_scaling_factor")):
+        for fold in (
+            norm_scaling_factor,
+            cfg.get("norm_scaling_factor"),
+            metadata.get("norm_scaling_factor"),
+        ):
             if fold is not None:
                 break
         if fold is None:
-            raise ModelError(f"{cfg_path}: normalize_activations is 'expected_average_only_in' "
-                             "but no norm_scaling_factor is given; pass norm_scaling_factor= "
-                             "(the release's value in SAELens pretrained_saes.yaml)")
+            raise ModelError(
+                f"{cfg_path}: normalize_activations is 'expected_average_only_in' "
+                "but no norm_scaling_factor is given; pass norm_scaling_factor= "
+                "(the release's value in SAELens pretrained_saes.yaml)"
+            )
     elif norm_scaling_factor is not None:
-        raise ModelError(f"{cfg_path}: norm_scaling_factor given, but normalize_activations "
-                         f"is {normalize!r}, not 'expected_average_only_in'"
-                         + (" (its weights already fold one in)" if folded is not None else ""))
+        raise ModelError(
+            f"{cfg_path}: norm_scaling_factor given, but normalize_activations "
+            f"is {normalize!r}, not 'expected_average_only_in'"
+            + (" (its weights already fold one in)" if folded is not None else "")
+        )
     elif normalize == "none" and folded is not None:
         normalize = "expected_average_only_in"
     scaling = fold if fold is not None else folded
@@ -469,17 +501,21 @@ def load_saelens(path: str | Path, *, norm_scaling_factor: float | None = None) 
     tensors: dict[str, torch.Tensor] = {}
     for key, shape in expected_shapes(arch, cfg["d_in"], cfg["d_sae"]).items():
         if key not in stored:
-            raise ModelError(f"{weights_path} has no tensor '{key}', which a {arch} SAE needs "
-                             f"(it holds: {', '.join(sorted(stored)) or 'nothing'})")
+            raise ModelError(
+                f"{weights_path} has no tensor '{key}', which a {arch} SAE needs "
+                f"(it holds: {', '.join(sorted(stored)) or 'nothing'})"
+            )
         t = stored[key]
         if not t.is_floating_point():
             raise ModelError(f"{weights_path}: tensor '{key}' has dtype {t.dtype}, not float")
         if key == "threshold" and t.numel() == 1:
             t = t.reshape(()).expand(shape)
         if tuple(t.shape) != shape:
-            raise ModelError(f"{weights_path}: tensor '{key}' has shape {tuple(t.shape)}, but "
-                             f"{CFG_FILE} (d_in={cfg['d_in']}, d_sae={cfg['d_sae']}) means "
-                             f"{shape}")
+            raise ModelError(
+                f"{weights_path}: tensor '{key}' has shape {tuple(t.shape)}, but "
+                f"{CFG_FILE} (d_in={cfg['d_in']}, d_sae={cfg['d_sae']}) means "
+                f"{shape}"
+            )
         tensors[key] = t.to(torch.float32)
     if fold is not None:
         tensors["W_enc"] = tensors["W_enc"] * fold
@@ -487,13 +523,15 @@ def load_saelens(path: str | Path, *, norm_scaling_factor: float | None = None) 
         tensors["b_dec"] = tensors["b_dec"] / fold
     try:
         return SAE(
-            architecture=arch, **tensors,
+            architecture=arch,
+            **tensors,
             k=cfg.get("k") if arch == "topk" else None,
             rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
             apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
             normalize_activations=normalize,
             norm_scaling_factor=None if scaling is None else float(scaling),
-            metadata=metadata, weights_sha256=sha,
+            metadata=metadata,
+            weights_sha256=sha,
         )
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
@@ -503,8 +541,9 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str = "float32") -> Path:
     """Write ``sae`` as a SAELens v6 directory (weights cast to ``dtype``); sets and returns
     the directory. ``sae.weights_sha256`` becomes the sha256 of the written weights file."""
     if dtype not in SAVE_DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not supported. "
-                          f"Valid dtypes are: {', '.join(SAVE_DTYPES)}")
+        raise ConfigError(
+            f"dtype {dtype!r} is not supported. Valid dtypes are: {', '.join(SAVE_DTYPES)}"
+        )
     cfg = {**sae.cfg, "dtype": dtype}
     try:
         cfg_text = json.dumps(cfg, indent=2, allow_nan=False) + "\n"
@@ -551,16 +590,19 @@ def register_sae_format(fmt: SAEFormat) -> SAEFormat:
     return SAE_FORMATS.add(fmt.name, fmt)
 
 
-register_sae_format(SAEFormat(
-    name="saelens",
-    expects=f"a directory with {CFG_FILE} and {WEIGHTS_FILE}",
-    detect=lambda p: (p / WEIGHTS_FILE).is_file(),
-    load=load_saelens,
-))
+register_sae_format(
+    SAEFormat(
+        name="saelens",
+        expects=f"a directory with {CFG_FILE} and {WEIGHTS_FILE}",
+        detect=lambda p: (p / WEIGHTS_FILE).is_file(),
+        load=load_saelens,
+    )
+)
 
 
-def load_sae(path: str | Path, format: str | None = None, *,
-             norm_scaling_factor: float | None = None) -> SAE:
+def load_sae(
+    path: str | Path, format: str | None = None, *, norm_scaling_factor: float | None = None
+) -> SAE:
     """Load an SAE from ``path`` in ``format``, or in the first format that recognises it."""
     path = Path(path)
     if format is not None:
@@ -573,5 +615,6 @@ def load_sae(path: str | Path, format: str | None = None, *,
             return fmt.load(path, norm_scaling_factor=norm_scaling_factor)
     held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     expected = "; ".join(f"{SAE_FORMATS[n].name}: {SAE_FORMATS[n].expects}" for n in SAE_FORMATS)
-    raise ModelError(f"No SAE found in {path}. Expected {expected}. "
-                     f"It holds: {', '.join(held) or 'nothing'}")
+    raise ModelError(
+        f"No SAE found in {path}. Expected {expected}. It holds: {', '.join(held) or 'nothing'}"
+    )

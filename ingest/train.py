@@ -151,11 +151,14 @@ def train_topk(
     """
     for key in ("model_name", "hook_name"):
         if not isinstance(metadata.get(key), str):
-            raise ConfigError(f"train_topk needs metadata['{key}'] (a string) to record "
-                              "which reader and hook the SAE belongs to")
+            raise ConfigError(
+                f"train_topk needs metadata['{key}'] (a string) to record "
+                "which reader and hook the SAE belongs to"
+            )
     if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.floating):
-        raise ConfigError(f"activations must be a float array [N, d_in], got "
-                          f"{acts.dtype} {acts.shape}")
+        raise ConfigError(
+            f"activations must be a float array [N, d_in], got {acts.dtype} {acts.shape}"
+        )
     n_rows, d_in = acts.shape
     n_val = max(1, round(n_rows * cfg.val_fraction))
     if n_rows - n_val < cfg.k or n_val < 2:
@@ -173,8 +176,9 @@ def train_topk(
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
     history: list[dict[str, Any]] = []
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, disable=not progress, unit="step",
-               desc="train SAE")
+    bar = tqdm(
+        total=steps_per_epoch * cfg.epochs, disable=not progress, unit="step", desc="train SAE"
+    )
     try:
         for epoch in range(1, cfg.epochs + 1):
             loss_sum = 0.0
@@ -191,21 +195,31 @@ def train_topk(
                 since_fired[idx[idx >= 0]] = 0
                 loss_sum += loss.item() * x.shape[0]
                 bar.update()
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", dead=int(dead.sum()),
-                                refresh=False)
-            metrics = _evaluate(model, acts, val_rows, since_fired >= cfg.dead_tokens_threshold,
-                                recipe)
+                bar.set_postfix(
+                    epoch=epoch, loss=f"{loss.item():.4f}", dead=int(dead.sum()), refresh=False
+                )
+            metrics = _evaluate(
+                model, acts, val_rows, since_fired >= cfg.dead_tokens_threshold, recipe
+            )
             history.append({"epoch": epoch, "train_loss": loss_sum / len(train_rows), **metrics})
     finally:
         bar.close()
 
-    recipe.update(n_tokens=len(train_rows), n_val_tokens=n_val,
-                  final_metrics=dict(history[-1]), history=[dict(h) for h in history])
+    recipe.update(
+        n_tokens=len(train_rows),
+        n_val_tokens=n_val,
+        final_metrics=dict(history[-1]),
+        history=[dict(h) for h in history],
+    )
     sae = SAE(
         architecture="topk",
-        W_enc=model.W_enc.detach(), b_enc=model.b_enc.detach(),
-        W_dec=model.W_dec.detach(), b_dec=model.b_dec.detach(),
-        k=cfg.k, apply_b_dec_to_input=True, normalize_activations="none",
+        W_enc=model.W_enc.detach(),
+        b_enc=model.b_enc.detach(),
+        W_dec=model.W_dec.detach(),
+        b_dec=model.b_dec.detach(),
+        k=cfg.k,
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
         metadata={**metadata, "training": recipe},
     )
     return sae, history

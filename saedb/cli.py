@@ -122,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.set_defaults(func=cmd_optimize)
 
-
     p = sub.add_parser(
         "train-sae",
         help="train a TopK SAE on a reader's activations",

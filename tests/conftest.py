@@ -18,14 +18,20 @@ TEST_HOOK = "blocks.2.hook_resid_post"
 
 
 def make_sae_dir(
-    path: Path, *, d_sae: int = 512, k: int = 16, seed: int = 0, hook: str = TEST_HOOK
+    path: Path,
+    *,
+    d_sae: int = 512,
+    k: int = 16,
+    seed: int = 0,
+    hook: str = TEST_HOOK,
+    d_in: int = 576,
 ) -> Path:
     import torch
 
     from ingest.sae import SAE, save_saelens
 
     g = torch.Generator().manual_seed(seed)
-    d_in = 576
+
     w_dec = torch.randn(d_sae, d_in, generator=g)
     w_dec /= w_dec.norm(dim=1, keepdim=True)
     sae = SAE(

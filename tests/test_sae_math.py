@@ -40,8 +40,14 @@ def random_params(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def reference_encode(
-    p: dict[str, np.ndarray], arch: str, x: np.ndarray, *, normalize: str = "none",
-    apply_b_dec: bool = True, k: int = K, rescale: bool = False
+    p: dict[str, np.ndarray],
+    arch: str,
+    x: np.ndarray,
+    *,
+    normalize: str = "none",
+    apply_b_dec: bool = True,
+    k: int = K,
+    rescale: bool = False,
 ) -> np.ndarray:
     """The formulas, in float64 numpy, with the scaling factor applied to the input."""
     q = {name: v.astype(np.float64) for name, v in p.items()}
@@ -74,17 +80,28 @@ def reference_encode(
 
 
 def make_sae(
-    p: dict[str, np.ndarray], arch: str, *, normalize: str = "none", apply_b_dec: bool = True,
-    k: int = K, rescale: bool = False
+    p: dict[str, np.ndarray],
+    arch: str,
+    *,
+    normalize: str = "none",
+    apply_b_dec: bool = True,
+    k: int = K,
+    rescale: bool = False,
 ) -> SAE:
     """An SAE from numpy params; expected_average_only_in gets SCALE folded in."""
     t = {name: torch.from_numpy(v.copy()) for name, v in p.items()}
     if normalize == "expected_average_only_in":
-        t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * SCALE, t["W_dec"] / SCALE, \
-            t["b_dec"] / SCALE
+        t["W_enc"], t["W_dec"], t["b_dec"] = (
+            t["W_enc"] * SCALE,
+            t["W_dec"] / SCALE,
+            t["b_dec"] / SCALE,
+        )
     return SAE(
-        architecture=arch, **t, k=k if arch == "topk" else None,
-        rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=apply_b_dec,
+        architecture=arch,
+        **t,
+        k=k if arch == "topk" else None,
+        rescale_acts_by_decoder_norm=rescale,
+        apply_b_dec_to_input=apply_b_dec,
         normalize_activations=normalize,
         norm_scaling_factor=SCALE if normalize == "expected_average_only_in" else None,
     )
@@ -137,8 +154,9 @@ def test_topk_rescale_by_decoder_norm_and_decode() -> None:
     assert not np.array_equal(ref > 0, reference_encode(p, "topk", x) > 0)  # rescaling matters
     norms = np.linalg.norm(p["W_dec"].astype(np.float64), axis=1)
     recon = (ref / norms) @ p["W_dec"] + p["b_dec"]
-    np.testing.assert_allclose(sae.decode(sae.encode(torch.from_numpy(x))).numpy(), recon,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sae.decode(sae.encode(torch.from_numpy(x))).numpy(), recon, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_topk_keeps_exactly_k_or_fewer_when_not_positive() -> None:
@@ -191,8 +209,9 @@ def test_decode_and_input_dtypes() -> None:
     p, x = random_params("standard", seed=10), inputs(seed=11)
     sae = make_sae(p, "standard")
     f = sae.encode(torch.from_numpy(x))
-    np.testing.assert_allclose(sae.decode(f).numpy(), f.numpy() @ p["W_dec"] + p["b_dec"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        sae.decode(f).numpy(), f.numpy() @ p["W_dec"] + p["b_dec"], rtol=1e-5, atol=1e-5
+    )
     as_f64 = sae.encode(torch.from_numpy(x.astype(np.float64)))
     assert as_f64.dtype == torch.float32 and torch.equal(as_f64, f)
     with pytest.raises(ModelError, match=r"shape \[n, 16\], got \(40, 15\)"):
@@ -204,8 +223,9 @@ def test_expected_average_only_in_decodes_to_the_raw_space() -> None:
     sae = make_sae(p, "standard", normalize="expected_average_only_in")
     f = reference_encode(p, "standard", x, normalize="expected_average_only_in")
     recon = (f @ p["W_dec"] + p["b_dec"]) / SCALE  # the SAE's output, un-scaled
-    np.testing.assert_allclose(sae.decode(sae.encode(torch.from_numpy(x))).numpy(), recon,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        sae.decode(sae.encode(torch.from_numpy(x))).numpy(), recon, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_architecture_registry() -> None:

@@ -42,8 +42,13 @@ def random_tensors(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def make_sae(arch: str, **kw: object) -> SAE:
-    return SAE(architecture=arch, **random_tensors(arch), k=5 if arch == "topk" else None,
-               metadata=dict(META), **kw)  # type: ignore[arg-type]
+    return SAE(
+        architecture=arch,
+        **random_tensors(arch),
+        k=5 if arch == "topk" else None,
+        metadata=dict(META),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def x_batch(seed: int = 1) -> torch.Tensor:
@@ -93,12 +98,27 @@ def test_round_trip(tmp_path: Path, arch: str, kw: dict) -> None:
 
 def test_v6_cfg_fields(tmp_path: Path) -> None:
     cfg = make_sae("topk").cfg
-    assert {"architecture", "d_in", "d_sae", "dtype", "apply_b_dec_to_input", "k",
-            "normalize_activations", "reshape_activations", "rescale_acts_by_decoder_norm",
-            "metadata"} <= cfg.keys()
+    assert {
+        "architecture",
+        "d_in",
+        "d_sae",
+        "dtype",
+        "apply_b_dec_to_input",
+        "k",
+        "normalize_activations",
+        "reshape_activations",
+        "rescale_acts_by_decoder_norm",
+        "metadata",
+    } <= cfg.keys()
     assert cfg["architecture"] == "topk" and cfg["k"] == 5 and cfg["d_sae"] == D_SAE
-    assert {"model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size",
-            "dataset_path"} <= cfg["metadata"].keys()
+    assert {
+        "model_name",
+        "hook_name",
+        "hook_head_index",
+        "prepend_bos",
+        "context_size",
+        "dataset_path",
+    } <= cfg["metadata"].keys()
     assert "k" not in make_sae("standard").cfg
 
 
@@ -129,10 +149,18 @@ def test_save_refuses_overflow_and_bad_dtype(tmp_path: Path) -> None:
 
 def test_legacy_flat_cfg(tmp_path: Path) -> None:
     t = random_tensors("standard")
-    cfg = {"model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre",
-           "hook_point_layer": 8, "d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32",
-           "device": "cuda", "activation_fn_str": "relu", "l1_coefficient": 8e-5,
-           "normalize_activations": False}
+    cfg = {
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.8.hook_resid_pre",
+        "hook_point_layer": 8,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "device": "cuda",
+        "activation_fn_str": "relu",
+        "l1_coefficient": 8e-5,
+        "normalize_activations": False,
+    }
     path = write_dir(tmp_path / "legacy", cfg, {k: v.bfloat16() for k, v in t.items()})
     sae = load_sae(path)
     assert sae.architecture == "standard" and sae.apply_b_dec_to_input
@@ -145,9 +173,16 @@ def test_legacy_flat_cfg(tmp_path: Path) -> None:
 
 
 def test_legacy_topk_cfg(tmp_path: Path) -> None:
-    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "hook_name": "layers.2",
-           "activation_fn": "topk", "activation_fn_kwargs": {"k": 7},
-           "apply_b_dec_to_input": False, "normalize_activations": "none"}
+    cfg = {
+        "architecture": "standard",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "hook_name": "layers.2",
+        "activation_fn": "topk",
+        "activation_fn_kwargs": {"k": 7},
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+    }
     sae = load_saelens(write_dir(tmp_path / "legacy", cfg, random_tensors("topk")))
     assert (sae.architecture, sae.k, sae.apply_b_dec_to_input) == ("topk", 7, False)
     assert sae.metadata["hook_name"] == "layers.2"
@@ -162,8 +197,13 @@ def test_legacy_unsupported_activation(tmp_path: Path) -> None:
 def test_expected_average_only_in_is_folded(tmp_path: Path) -> None:
     s = 3.0
     t = random_tensors("jumprelu")
-    cfg = {"d_in": D_IN, "d_sae": D_SAE, "architecture": "jumprelu", "hook_name": "layers.1",
-           "normalize_activations": True}  # legacy boolean
+    cfg = {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "architecture": "jumprelu",
+        "hook_name": "layers.1",
+        "normalize_activations": True,
+    }  # legacy boolean
     path = write_dir(tmp_path / "scaled", cfg, t)
     with pytest.raises(ModelError, match="no norm_scaling_factor is given"):
         load_saelens(path)
@@ -190,9 +230,13 @@ def test_expected_average_only_in_is_folded(tmp_path: Path) -> None:
 
 def test_v6_scaling_factor_from_cfg(tmp_path: Path) -> None:
     t = random_tensors("standard")
-    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE,
-           "normalize_activations": "expected_average_only_in",
-           "metadata": {**META, "norm_scaling_factor": 0.5}}
+    cfg = {
+        "architecture": "standard",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "normalize_activations": "expected_average_only_in",
+        "metadata": {**META, "norm_scaling_factor": 0.5},
+    }
     sae = load_saelens(write_dir(tmp_path / "v6", cfg, t))
     torch.testing.assert_close(sae.W_enc, t["W_enc"] * 0.5)
     torch.testing.assert_close(sae.b_dec, t["b_dec"] / 0.5)
@@ -246,14 +290,20 @@ def test_shape_mismatch_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture_lists_valid_names(tmp_path: Path) -> None:
-    cfg = {"architecture": "jumprelu_skip_transcoder", "d_in": D_IN, "d_sae": D_SAE,
-           "metadata": META}
+    cfg = {
+        "architecture": "jumprelu_skip_transcoder",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "metadata": META,
+    }
     path = write_dir(tmp_path / "t", cfg, random_tensors("standard"))
     with pytest.raises(RegistryError) as exc:
         load_saelens(path)
     assert str(path / "cfg.json") in str(exc.value)
-    assert "Architecture 'jumprelu_skip_transcoder' not found. Valid architectures are: " \
+    assert (
+        "Architecture 'jumprelu_skip_transcoder' not found. Valid architectures are: "
         "gated, jumprelu, standard, topk" in str(exc.value)
+    )
 
 
 def test_bad_json(tmp_path: Path) -> None:

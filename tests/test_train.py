@@ -50,8 +50,16 @@ def trained(synthetic: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("acts") / "acts.npy"
     np.save(path, synthetic)
     acts = np.load(path, mmap_mode="r")  # training reads a memmap in batches
-    cfg = TrainConfig(d_sae=N_ATOMS, k=8, lr=5e-3, batch_size=128, epochs=4,
-                      dead_tokens_threshold=2_000, val_fraction=0.1, seed=0)
+    cfg = TrainConfig(
+        d_sae=N_ATOMS,
+        k=8,
+        lr=5e-3,
+        batch_size=128,
+        epochs=4,
+        dead_tokens_threshold=2_000,
+        val_fraction=0.1,
+        seed=0,
+    )
     sae, history = train_topk(acts, cfg, metadata=META, progress=False)
     return cfg, sae, history
 
@@ -79,8 +87,18 @@ def test_trained_sae(trained, synthetic: np.ndarray, tmp_path: Path) -> None:
     training = sae.metadata["training"]
     assert sae.metadata["model_name"] == "synthetic"
     assert sae.metadata["hook_name"] == META["hook_name"]
-    for field in ("d_sae", "k", "aux_k", "aux_coef", "lr", "batch_size", "epochs",
-                  "dead_tokens_threshold", "seed", "val_fraction"):
+    for field in (
+        "d_sae",
+        "k",
+        "aux_k",
+        "aux_coef",
+        "lr",
+        "batch_size",
+        "epochs",
+        "dead_tokens_threshold",
+        "seed",
+        "val_fraction",
+    ):
         assert field in training
     assert training["aux_k"] == D_IN // 2
     assert training["n_tokens"] + training["n_val_tokens"] == N
@@ -151,7 +169,8 @@ def test_defaults_resolve() -> None:
 
 def test_needs_model_and_hook(synthetic: np.ndarray) -> None:
     with pytest.raises(ConfigError, match="metadata\\['hook_name'\\]"):
-        train_topk(synthetic, TrainConfig(d_sae=32, k=2), metadata={"model_name": "m"},
-                   progress=False)
+        train_topk(
+            synthetic, TrainConfig(d_sae=32, k=2), metadata={"model_name": "m"}, progress=False
+        )
     with pytest.raises(ConfigError, match="float array"):
         train_topk(synthetic[:, 0], TrainConfig(d_sae=32, k=2), metadata=META, progress=False)
