@@ -28,7 +28,7 @@ from ingest.reader import DEFAULT_READER, Reader, ReaderConfig, resolve_reader
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("fortunes_dir", type=Path)
+    ap.add_argument("corpus_dir", type=Path)
     ap.add_argument("--categories", default="computers,people,science,politics")
     ap.add_argument("--per-category", type=int, default=150)
     ap.add_argument("--layers", default="3,6,9,12,15,18,21")
@@ -36,7 +36,7 @@ def main() -> None:
     texts, labels = [], []
     for cat in args.categories.split(","):
         rows = [
-            json.loads(x) for x in (args.fortunes_dir / f"{cat}.jsonl").read_text().splitlines()
+            json.loads(x) for x in (args.corpus_dir / f"{cat}.jsonl").read_text().splitlines()
         ]
         for r in rows[: args.per_category]:
             texts.append(r["text"])
@@ -44,7 +44,8 @@ def main() -> None:
     y = np.array(labels)
     resolved = resolve_reader(DEFAULT_READER)
     print(
-        f"{len(texts)} fortunes, {len(set(labels))} categories; torch threads {torch.get_num_threads()}"
+        f"{len(texts)} documents, {len(set(labels))} categories; "
+        f"torch threads {torch.get_num_threads()}"
     )
     print("| layer | probe accuracy (5-fold) | reader tok/s |")
     print("|---|---|---|")
