@@ -144,6 +144,10 @@ class TrainConfig:
     """Seed of the train/validation split, the shuffling and the initialisation."""
     val_fraction: float = 0.05
     """Fraction of the rows held out to compute the per-epoch metrics."""
+    normalize_activations: str = "constant_norm_rescale"
+    """none, or constant_norm_rescale: scale every token to norm sqrt(d_in) before encoding
+    (SAELens semantics, kept in the saved cfg), so the few tokens with ~6x the median norm
+    (' the', spaces) do not dominate the reconstruction loss."""
 
     def __post_init__(self) -> None:
         positive_ints = ("d_sae", "k", "batch_size", "epochs", "dead_tokens_threshold")
@@ -159,6 +163,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be in (0, 1), got {self.lr!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
+        if self.normalize_activations not in ("none", "constant_norm_rescale"):
+            raise ConfigError(
+                "TrainConfig.normalize_activations must be none or constant_norm_rescale, "
+                f"got {self.normalize_activations!r}"
+            )
         if not (isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1):
             raise ConfigError(
                 f"TrainConfig.val_fraction must be a float in (0, 1), got {self.val_fraction!r}"

@@ -102,12 +102,21 @@ class _TopKSAE(torch.nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _batches(acts: np.ndarray, rows: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+def _rows(acts: np.ndarray, take: np.ndarray, normalize: str) -> torch.Tensor:
+    """Rows of ``acts`` as a float32 tensor, normalised as the SAE will see them."""
+    x = torch.from_numpy(np.ascontiguousarray(acts[take], dtype=np.float32))
+    if normalize == "constant_norm_rescale":
+        x = x * (math.sqrt(x.shape[1]) / x.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return x
+
+
+def _batches(
+    acts: np.ndarray, rows: np.ndarray, batch_size: int, normalize: str = "none"
+) -> Iterator[torch.Tensor]:
     """Yield float32 tensors of the given rows, ``batch_size`` at a time (sorted per batch
     so a memmap is read in order)."""
     for start in range(0, len(rows), batch_size):
-        take = np.sort(rows[start : start + batch_size])
-        yield torch.from_numpy(np.ascontiguousarray(acts[take], dtype=np.float32))
+        yield _rows(acts, np.sort(rows[start : start + batch_size]), normalize)
 
 
 def _evaluate(
@@ -121,7 +130,7 @@ def _evaluate(
     active = 0
     fired = torch.zeros(recipe["d_sae"], dtype=torch.bool)
     with torch.no_grad():
-        for x in _batches(acts, rows, recipe["batch_size"]):
+        for x in _batches(acts, rows, recipe["batch_size"], recipe["normalize_activations"]):
             b_sse, b_var, b_aux, idx = model.losses(x, dead, recipe["k"], recipe["aux_k"])
             sse += float(b_sse)
             aux_sum += float(b_aux) * float(b_var)
@@ -170,7 +179,7 @@ def train_topk(
     val_rows, train_rows = perm[:n_val], perm[n_val:]
 
     init = np.sort(train_rows[:_INIT_SAMPLE])
-    b_dec = geometric_median(torch.from_numpy(np.asarray(acts[init], dtype=np.float32)))
+    b_dec = geometric_median(_rows(acts, init, cfg.normalize_activations))
     model = _TopKSAE(d_in, cfg.d_sae, b_dec, gen)
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
@@ -182,7 +191,10 @@ def train_topk(
     try:
         for epoch in range(1, cfg.epochs + 1):
             loss_sum = 0.0
-            for x in _batches(acts, rng.permutation(train_rows), cfg.batch_size):
+            batches = _batches(
+                acts, rng.permutation(train_rows), cfg.batch_size, cfg.normalize_activations
+            )
+            for x in batches:
                 dead = since_fired >= cfg.dead_tokens_threshold
                 sse, total_var, aux, idx = model.losses(x, dead, cfg.k, recipe["aux_k"])
                 loss = sse / total_var + cfg.aux_coef * aux
@@ -219,7 +231,7 @@ def train_topk(
         b_dec=model.b_dec.detach(),
         k=cfg.k,
         apply_b_dec_to_input=True,
-        normalize_activations="none",
+        normalize_activations=cfg.normalize_activations,
         metadata={**metadata, "training": recipe},
     )
     return sae, history

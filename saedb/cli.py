@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with the AuxK loss against dead latents, report FVU / L0 / dead latents "
         "per epoch and save it in SAELens format.",
     )
-    p.add_argument("corpus", nargs="+", help="JSONL/CSV/Parquet files with a text field")
+    p.add_argument("corpus", nargs="*", help="JSONL/CSV/Parquet files with a text field "
+                   "(not needed when --activations names an existing file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_options(p, TrainSaeConfig, skip=("corpus", "progress"))
     add_options(p, TrainConfig)
@@ -214,22 +215,28 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
+def _open(path: str, *, read_only: bool):
+    """The store, for a command whose results go to stdout."""
     from saedb.store import Store
 
+    store = Store(path, read_only=read_only)
+    # DuckDB draws its progress bar on stdout (after 2 s), where it would mix into the results.
+    store.con.execute("SET enable_progress_bar = false")
+    return store
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
     query = sys.stdin.read() if args.query == "-" else args.query
     if not query.strip():
         raise ConfigError("no SQL given (empty query)")
-    with Store(args.store, read_only=not args.write) as store:
+    with _open(args.store, read_only=not args.write) as store:
         table = store.arrow(query, _params(args.param))
     sys.stdout.write(render(table, args.format))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from saedb.store import Store
-
-    with Store(args.store, read_only=True) as store:
+    with _open(args.store, read_only=True) as store:
         sections = {
             "datasets": """
                 SELECT d.dataset_id, d.name, count(doc.doc_id) AS documents,
@@ -254,9 +261,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bad_rows(args: argparse.Namespace) -> int:
-    from saedb.store import Store
-
-    with Store(args.store, read_only=True) as store:
+    with _open(args.store, read_only=True) as store:
         q = "SELECT run_id, source, line, error, raw FROM bad_rows"
         params = None
         if args.run is not None:
@@ -277,18 +282,33 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(message: str) -> str:
+    """DuckDB's multi-line messages on one line: the caret lines under ``LINE 1: ...`` only
+    make sense in a monospaced block, so they go; every other line is kept."""
+    out = ""
+    for line in (ln.strip() for ln in message.splitlines()):
+        if line and set(line) != {"^"}:
+            out += (" " if out.endswith((".", ":", "!")) else "; " if out else "") + line
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SaedbError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except duckdb.Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # DuckDB 2.0 reports Ctrl-C during a query this way
+        if str(exc) != "Query interrupted":
+            raise
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `saedb sql ... | head`

@@ -108,7 +108,12 @@ class Store:
 
     def arrow(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Run SQL and return a pyarrow Table."""
-        return self._execute(query, params).to_arrow_table()
+        # Through a relation, not execute(): DuckDB 2.0 copies a DB-API result once more to
+        # make Arrow of it, and warns about that on stderr.
+        try:
+            return self.con.sql(query, params=params).to_arrow_table()
+        except duckdb.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
 
     def _execute(self, query: str, params: Any) -> duckdb.DuckDBPyConnection:
         try:

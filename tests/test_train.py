@@ -59,9 +59,33 @@ def trained(synthetic: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
         dead_tokens_threshold=2_000,
         val_fraction=0.1,
         seed=0,
+        normalize_activations="none",  # the raw-space math; normalised training is below
     )
     sae, history = train_topk(acts, cfg, metadata=META, progress=False)
     return cfg, sae, history
+
+
+def test_normalised_training_is_scale_invariant_and_recorded(synthetic: np.ndarray) -> None:
+    cfg = TrainConfig(
+        d_sae=N_ATOMS,
+        k=8,
+        lr=5e-3,
+        batch_size=128,
+        epochs=2,
+        dead_tokens_threshold=2_000,
+        val_fraction=0.1,
+        seed=0,
+        normalize_activations="constant_norm_rescale",
+    )
+    # Give a few rows a huge norm, as real residual streams have: they must not matter.
+    acts = synthetic.copy()
+    acts[::50] *= 20
+    sae, history = train_topk(acts, cfg, metadata=META, progress=False)
+    assert sae.normalize_activations == "constant_norm_rescale"
+    assert sae.cfg["normalize_activations"] == "constant_norm_rescale"
+    assert history[-1]["fvu"] < 0.3
+    x = torch.from_numpy(synthetic[:200])
+    torch.testing.assert_close(sae.encode(3.0 * x), sae.encode(x))
 
 
 def test_training_reconstructs(trained, atoms: np.ndarray) -> None:
