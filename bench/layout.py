@@ -255,11 +255,11 @@ def queries(p: Picks) -> dict[str, tuple[str, str]]:
 
 def time_query(con: duckdb.DuckDBPyConnection, sql: str, repeat: int) -> tuple[float, int]:
     """Median seconds over ``repeat`` runs after a warm-up, and the result's row count."""
-    rows = con.execute(sql).to_arrow_table().num_rows
+    rows = con.sql(sql).to_arrow_table().num_rows
     seconds = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        con.execute(sql).to_arrow_table()
+        con.sql(sql).to_arrow_table()
         seconds.append(time.perf_counter() - t0)
     return statistics.median(seconds), rows
 
@@ -315,10 +315,11 @@ def append_cost(
 # -- output ----------------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+def table(title: str, header: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
+    """A markdown table; the first ``text_columns`` columns left-aligned, numbers right."""
     print(f"\n### {title}\n")
     print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    print("|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     sys.stdout.flush()

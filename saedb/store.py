@@ -193,8 +193,8 @@ class Store:
             default = self.get_setting(DEFAULT_SAE_KEY)
             if default is None:
                 raise StoreError(
-                    f"{self.path} has no SAE yet: create the store with `saedb init` "
-                    "or add one with `saedb sae add`"
+                    f"{self.path} has no SAE yet: add one with `saedb init {self.path}` "
+                    "(--sae DIR for another than the default)"
                 )
             name = int(default)
         col = "sae_id" if isinstance(name, int) else "name"
