@@ -9,3 +9,10 @@ Modules, one per pipeline stage:
   train     trains a TopK SAE (the embedded default) on the reader's activations
 Nothing in ``saedb`` imports this package at import time: analysts never need torch.
 """
+
+import os as _os
+
+# saedb never downloads models: readers are local directories or packaged weights. Make sure
+# the Hugging Face libraries never try the network either (set before they are imported).
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

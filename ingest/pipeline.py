@@ -216,19 +216,24 @@ def _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, resul
     t = time.perf_counter()
     bad = [r for r in chunk if isinstance(r, BadRow)]
     docs = [r for r in chunk if isinstance(r, SourceDoc)]
-    if cfg.strict and bad:
-        raise InputError(f"{bad[0].describe()} (--strict stops at the first bad row)")
     # Render chats first: the rendered text is what is stored and hashed.
     texts: list[str] = []
     spans: list[list[tuple[int, int]] | None] = []
+    rendered: list[SourceDoc] = []
     for d in docs:
         if d.messages is not None:
-            text, sp = reader.render_chat(d.messages)
+            try:
+                text, sp = reader.render_chat(d.messages)
+            except ModelError as exc:  # e.g. the template rejects this sequence of roles
+                bad.append(BadRow(cfg.source, d.line, f"cannot render chat: {exc}", None))
+                continue
             texts.append(text)
             spans.append(sp)
         else:
             texts.append(d.text or "")
             spans.append(None)
+        rendered.append(d)
+    docs = rendered
     shas = [sha256_text(x) for x in texts]
     known = store.known_documents(dataset_id, [d.external_id for d in docs], rec.sae_id)
     todo: list[int] = []
@@ -254,6 +259,9 @@ def _ingest_chunk(store, cfg, chunk, reader, sae, rec, dataset_id, run_id, resul
         else:  # stored, not yet encoded with this SAE
             todo.append(i)
             doc_ids.append(hit[0])
+    if cfg.strict and bad:
+        first = min(bad, key=lambda b: b.line)
+        raise InputError(f"{first.describe()} (--strict stops at the first bad row)")
     t = timer.add("write", t)
     tokenized = reader.tokenize([texts[i] for i in todo], [spans[i] for i in todo])
     batches = reader.batches(reader.windows(tokenized))

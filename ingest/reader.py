@@ -266,7 +266,10 @@ class Reader:
                 f"reader {self.resolved.model_name} has no chat template; "
                 "ingest chats as plain text instead"
             )
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False)
+        except Exception as exc:  # jinja templates raise their own errors on odd chats
+            raise ModelError(f"the chat template failed: {exc}") from exc
         spans: list[tuple[int, int]] = []
         pos = 0
         for m in messages:

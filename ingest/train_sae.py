@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import numpy as np
 
 from ingest import activations
 from ingest.config import ReaderConfig, TrainConfig, TrainSaeConfig
-from ingest.hooks import parse_hook
-from ingest.reader import Reader, resolve_reader
+from ingest.hooks import HookPoint, parse_hook
+from ingest.reader import Reader, ResolvedReader, resolve_reader
 from ingest.sae import save_saelens
 from ingest.train import train_topk
 from saedb.errors import ConfigError
@@ -29,18 +30,33 @@ def train_sae(cfg: TrainSaeConfig, train: TrainConfig | None = None) -> list[dic
     train = train or TrainConfig()
     hook = parse_hook(cfg.hook)
     resolved = resolve_reader(cfg.reader)
-    acts_path = Path(cfg.activations) if cfg.activations else Path(cfg.out) / "activations.npy"
-    if acts_path.is_file():
-        acts = np.load(acts_path, mmap_mode="r")
-        print(f"reusing {len(acts):,} activations from {acts_path}", file=sys.stderr)
-    else:
-        if not cfg.corpus:
-            raise ConfigError("train-sae needs corpus files (or --activations FILE that exists)")
-        reader = Reader(resolved, hook, ReaderConfig())
-        texts = activations.corpus_texts(cfg.corpus, cfg.text_field)
-        acts = activations.collect(
-            reader, texts, acts_path, max_tokens=cfg.max_tokens, progress=cfg.progress
-        )
+    with tempfile.TemporaryDirectory(prefix="saedb-acts-") as tmp:
+        # Without --activations the activations live in a temporary file, removed at the end.
+        acts_path = Path(cfg.activations) if cfg.activations else Path(tmp) / "activations.npy"
+        if acts_path.is_file():
+            acts = np.load(acts_path, mmap_mode="r")
+            print(f"reusing {len(acts):,} activations from {acts_path}", file=sys.stderr)
+        else:
+            if not cfg.corpus:
+                raise ConfigError(
+                    "train-sae needs corpus files (or --activations FILE that exists)"
+                )
+            reader = Reader(resolved, hook, ReaderConfig())
+            texts = activations.corpus_texts(cfg.corpus, cfg.text_field)
+            acts = activations.collect(
+                reader, texts, acts_path, max_tokens=cfg.max_tokens, progress=cfg.progress
+            )
+            del reader  # free the model before training
+        return _train_and_save(cfg, train, acts, resolved, hook)
+
+
+def _train_and_save(
+    cfg: TrainSaeConfig,
+    train: TrainConfig,
+    acts: np.ndarray,
+    resolved: ResolvedReader,
+    hook: HookPoint,
+) -> list[dict[str, Any]]:
     metadata = {
         "model_name": resolved.model_name,
         "hook_name": hook.name,

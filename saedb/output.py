@@ -20,22 +20,40 @@ _MAX_CELL = 72
 
 def render(table: pa.Table, fmt: str = "table") -> str:
     """Render an Arrow table in one of ``FORMATS``."""
-    rows = table.to_pylist()
+    # Rows as tuples, by position: a join can return two columns of the same name, and
+    # table.to_pylist() would keep only the last of them.
     cols = table.column_names
+    rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(cols)
         for r in rows:
-            w.writerow([_plain(r[c]) for c in cols])
+            w.writerow([_plain(v) for v in r])
         return buf.getvalue()
-    if fmt == "json":
-        return json.dumps([_jsonable(r) for r in rows], ensure_ascii=False, indent=2) + "\n"
-    if fmt == "nl":
-        return "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows)
+    if fmt in ("json", "nl"):
+        keys = _unique(cols)
+        objs = [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]
+        if fmt == "json":
+            return json.dumps(objs, ensure_ascii=False, indent=2) + "\n"
+        return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
     if fmt == "table":
         return _table(cols, rows)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names as JSON keys: a repeated name gets a suffix (x, x_1, x_2)."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        key, i = name, 0
+        while key in seen:
+            i += 1
+            key = f"{name}_{i}"
+        seen.add(key)
+        out.append(key)
+    return out
 
 
 def _plain(v: Any) -> Any:
@@ -71,8 +89,8 @@ def _cell(v: Any) -> str:
     return s if len(s) <= _MAX_CELL else s[: _MAX_CELL - 1] + "…"
 
 
-def _table(cols: list[str], rows: list[dict]) -> str:
-    cells = [[_cell(r[c]) for c in cols] for r in rows]
+def _table(cols: list[str], rows: list[tuple]) -> str:
+    cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 

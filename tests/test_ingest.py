@@ -229,3 +229,19 @@ def test_encoder_reader_excludes_cls_and_sep(tmp_path):
             "WHERE external_id = 'x'"
         ).e[0]
         assert ends > 0.9 * len(text)
+
+
+def test_python_api_ingest_and_sql(tmp_path, store_path):
+    src = write_jsonl(tmp_path / "api.jsonl", fortunes("food", 5))
+    store = saedb.open(store_path)
+    try:
+        res = store.ingest(src, dataset="food", progress=False)
+        assert res.n_docs == 5
+        df = store.sql(
+            "SELECT count(*) AS n FROM documents WHERE dataset_id = ?", [store.dataset_id("food")]
+        )
+        assert df.n[0] == 5
+        tbl = store.arrow("SELECT * FROM latent_frequency")
+        assert tbl.num_rows > 0 and "frequency" in tbl.column_names
+    finally:
+        store.close()
