@@ -1,7 +1,10 @@
 """Physical layout of doc_latents: what ingestion order, `saedb optimize` and an index cost and buy.
 
     python bench/layout.py [--docs 100000] [--latents 16384] [--per-doc 64] [--datasets 4]
-                           [--zipf 1.0] [--repeat 5] [--append-batches 20] [--seed 0]
+                           [--zipf 1.0] [--text-chars 400] [--repeat 7] [--append-batches 20]
+                           [--seed 0] [--dir DIR]
+
+The default run takes under 3 minutes on 2 busy cores and ~1 GB of disk; docs/design.md quotes it.
 
 Builds a synthetic store in a temporary directory through saedb's own write path
 (``saedb.open``, ``register_sae``, ``dataset_id``, ``start_run``, ``write_batch`` with batches
@@ -13,13 +16,17 @@ compared:
 
   ingested   as ``write_batch`` leaves it: batches in arrival order, each sorted by latent
   optimized  after ``store.optimize()``: the whole table clustered by (sae_id, latent_id, doc_id)
+  opt+tail   as if ``optimize()`` had run before the last 10% of the documents were ingested:
+             the head clustered by latent, the tail as ``write_batch`` left it
   art(s,l)   ingested + ``CREATE INDEX ... ON doc_latents (sae_id, latent_id)`` (benchmark only)
-  art(l)     ingested + an index on latent_id alone (benchmark only; see the notes it prints)
+  art(l)     ingested + an index on latent_id alone (benchmark only)
   doc-order  reference: doc_latents rewritten in (doc_id, latent_id) order, i.e. ingestion
              without the per-batch sort
 
 and every query is timed on each: the median of ``--repeat`` runs after one warm-up run, the
-whole result fetched as Arrow. Results are checked to agree across layouts. Finally
+layouts taking turns, the whole result fetched as Arrow. Row counts are checked to agree
+across layouts. A profiled run of each query says how it read doc_latents: how many row groups
+it scanned (zone maps and dynamic filters skip the others) or whether it used an index. Finally
 ``--append-batches`` more batches are written into each full store to measure what one batch
 costs once the table is large (and the index has to be maintained). Prints markdown tables.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -48,7 +56,7 @@ from saedb.store import SaeRecord, Store
 BATCH_DOCS = 256
 """Documents per ``write_batch`` call, as ingestion commits them."""
 
-LAYOUTS = ("ingested", "optimized", "art(s,l)", "art(l)", "doc-order")
+LAYOUTS = ("ingested", "optimized", "opt+tail", "art(s,l)", "art(l)", "doc-order")
 
 
 # -- synthetic data --------------------------------------------------------------------------
@@ -253,15 +261,64 @@ def queries(p: Picks) -> dict[str, tuple[str, str]]:
     }
 
 
-def time_query(con: duckdb.DuckDBPyConnection, sql: str, repeat: int) -> tuple[float, int]:
-    """Median seconds over ``repeat`` runs after a warm-up, and the result's row count."""
+def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[float, int]:
+    """Seconds to run ``sql`` and fetch the whole result as Arrow, and its row count."""
+    t0 = time.perf_counter()
     rows = con.sql(sql).to_arrow_table().num_rows
-    seconds = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    return time.perf_counter() - t0, rows
+
+
+def time_queries(
+    stores: dict[str, Store], workload: dict[str, tuple[str, str]], repeat: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
+    """Median seconds per query and layout, and the row counts. After one warm-up run of
+    everything, the layouts take turns (in a rotating order) on each query, so that a change
+    in the machine's load during the run lands on every layout alike."""
+    names = list(stores)
+    counts: dict[str, dict[str, int]] = {q: {} for q in workload}
+    for q, (_, sql) in workload.items():
+        for name in names:
+            counts[q][name] = run_query(stores[name].con, sql)[1]
+        if len(set(counts[q].values())) != 1:
+            raise SystemExit(f"layouts disagree on the row count of {q}: {counts[q]}")
+    samples: dict[str, dict[str, list[float]]] = {q: {n: [] for n in names} for q in workload}
+    for r in range(repeat):
+        for q, (_, sql) in workload.items():
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[q][name].append(run_query(stores[name].con, sql)[0])
+    medians = {q: {n: statistics.median(v) for n, v in by.items()} for q, by in samples.items()}
+    return medians, counts
+
+
+def scan_profile(con: duckdb.DuckDBPyConnection, sql: str, profile: Path) -> str:
+    """How the query read doc_latents, from DuckDB's JSON profile: row groups read of those
+    in the table, or the rows an index scan returned."""
+    con.execute("SET enable_profiling = 'json'")
+    con.execute("SET profiling_output = '" + str(profile).replace("'", "''") + "'")
+    try:
         con.sql(sql).to_arrow_table()
-        seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds), rows
+    finally:
+        con.execute("PRAGMA disable_profiling")
+    scans = []
+
+    def walk(node: dict) -> None:
+        info = node.get("extra_info", {})
+        if node.get("type") == "TABLE_SCAN" and str(info.get("Table", "")).endswith(".doc_latents"):
+            scans.append((info.get("Type", ""), node))
+        for child in node.get("children", []):
+            walk(child)
+
+    for root in json.loads(profile.read_text()).get("operator", []):
+        walk(root)
+    cells = []
+    for kind, node in scans:
+        if "Index" in kind:
+            cells.append(f"index, {node.get('rows_scanned', '?')} rows")
+        else:
+            cells.append(
+                f"{node.get('row_groups_scanned', '?')}/{node.get('total_row_groups_to_scan', '?')}"
+            )
+    return " + ".join(cells) or "-"
 
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -282,16 +339,36 @@ def make_layout(base: Path, path: Path, layout: str) -> float:
         elif layout == "art(l)":
             con.execute("CREATE INDEX bench_latent ON doc_latents (latent_id)")
             con.execute("CHECKPOINT")
-        elif layout == "doc-order":
-            con.execute("BEGIN TRANSACTION")
-            con.execute(
-                "CREATE TEMP TABLE _o AS SELECT * FROM doc_latents ORDER BY doc_id, latent_id"
+        elif layout == "opt+tail":
+            # As if optimize had run before the last 10% of the documents were ingested: the
+            # same rows (so the same answers), the head clustered, the tail as write_batch left it.
+            cutoff = con.execute("SELECT max(doc_id) * 9 // 10 FROM documents").fetchall()[0][0]
+            rewrite(
+                con,
+                [
+                    "SELECT * FROM doc_latents WHERE doc_id <= ? "
+                    "ORDER BY sae_id, latent_id, doc_id",
+                    "SELECT * FROM doc_latents WHERE doc_id > ?",
+                ],
+                [cutoff],
             )
-            con.execute("DELETE FROM doc_latents")
-            con.execute("INSERT INTO doc_latents SELECT * FROM _o")
-            con.execute("COMMIT")
-            con.execute("CHECKPOINT")
+        elif layout == "doc-order":
+            rewrite(con, ["SELECT * FROM doc_latents ORDER BY doc_id, latent_id"], [])
         return time.perf_counter() - t0
+
+
+def rewrite(con: duckdb.DuckDBPyConnection, selects: list[str], params: list) -> None:
+    """Replace doc_latents' rows by the rows of ``selects`` (each over doc_latents, each run with
+    ``params``), stored in that order, the way ``Store.optimize`` does it."""
+    con.execute("BEGIN TRANSACTION")
+    con.execute(f"CREATE TEMP TABLE _rewrite AS {selects[0]}", params)
+    for select in selects[1:]:
+        con.execute(f"INSERT INTO _rewrite {select}", params)
+    con.execute("DELETE FROM doc_latents")
+    con.execute("INSERT INTO doc_latents SELECT * FROM _rewrite")
+    con.execute("DROP TABLE _rewrite")
+    con.execute("COMMIT")
+    con.execute("CHECKPOINT")
 
 
 def append_cost(
@@ -334,22 +411,29 @@ def mib(path: Path) -> str:
     return f"{size / 2**20:.0f}"
 
 
-def rewritten_mib(path: Path) -> str:
+def rewritten_mib(path: Path) -> tuple[str, str]:
     """The size of the same store copied into a fresh file (COPY FROM DATABASE): what the data
-    takes without the free blocks a rewrite leaves in the file."""
-    fresh = path.with_name(path.stem + "-fresh.duckdb")
+    takes without the free blocks a rewrite leaves in the file; and what doc_latents alone
+    takes, copied in its stored order into a fresh file (less the size of an empty one)."""
+    sizes = []
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")
         con.execute("ATTACH ? AS src (READ_ONLY)", [str(path)])
-        con.execute("ATTACH ? AS dst", [str(fresh)])
-        con.execute("COPY FROM DATABASE src TO dst")
-        con.execute("DETACH dst")
+        for name, sql in (
+            ("store", "COPY FROM DATABASE src TO dst"),
+            ("table", "CREATE TABLE dst.t AS SELECT * FROM src.doc_latents"),
+            ("empty", "CREATE TABLE dst.t AS SELECT * FROM src.doc_latents LIMIT 0"),
+        ):
+            fresh = path.with_name(f"{path.stem}-{name}.duckdb")
+            con.execute("ATTACH ? AS dst", [str(fresh)])
+            con.execute(sql)
+            con.execute("DETACH dst")
+            sizes.append(fresh.stat().st_size)
+            fresh.unlink()
     finally:
         con.close()
-    size = mib(fresh)
-    fresh.unlink()
-    return size
+    return f"{sizes[0] / 2**20:.0f}", f"{(sizes[1] - sizes[2]) / 2**20:.1f}"
 
 
 def main() -> None:
@@ -362,7 +446,7 @@ def main() -> None:
     ap.add_argument("--datasets", type=int, default=4, help="datasets d1..dN, equal sizes")
     ap.add_argument("--zipf", type=float, default=1.0, help="skew of the latent distribution")
     ap.add_argument("--text-chars", type=int, default=400, help="characters per document")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs per query (median)")
+    ap.add_argument("--repeat", type=int, default=7, help="timed runs per query (median)")
     ap.add_argument("--append-batches", type=int, default=20, help="batches to time per layout")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
@@ -396,22 +480,24 @@ def main() -> None:
     sizes = {name: mib(paths[name]) for name in LAYOUTS}
     compact = {name: rewritten_mib(paths[name]) for name in LAYOUTS}
 
-    timings: dict[str, dict[str, float]] = {q: {} for q in workload}
-    counts: dict[str, dict[str, int]] = {q: {} for q in workload}
-    for name in LAYOUTS:
-        with saedb.open(paths[name]) as store:
+    stores = {name: saedb.open(paths[name]) for name in LAYOUTS}
+    try:
+        scans: dict[str, dict[str, str]] = {q: {} for q in workload}
+        for name, store in stores.items():
             store.con.execute("SET enable_progress_bar = false")
             for q, (_, sql) in workload.items():
-                timings[q][name], counts[q][name] = time_query(store.con, sql, args.repeat)
-    for q, by_layout in counts.items():
-        if len(set(by_layout.values())) != 1:
-            raise SystemExit(f"layouts disagree on {q}: {by_layout}")
+                scans[q][name] = scan_profile(store.con, sql, work / "profile.json")
+        timings, counts = time_queries(stores, workload, args.repeat)
+    finally:
+        for store in stores.values():
+            store.close()
 
     appended = {}
     if args.append_batches:
-        for name in LAYOUTS[:4]:
+        for name in ("ingested", "optimized", "art(s,l)", "art(l)"):
             appended[name] = append_cost(paths[name], maker, probs[0], args.append_batches, first=0)
 
+    threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
     print("## bench/layout.py: doc_latents layouts\n")
     print("`" + " ".join(["python", "bench/layout.py", *sys.argv[1:]]) + "`\n")
     print(
@@ -429,7 +515,11 @@ def main() -> None:
         f"{picks.rare}: {picks.rare_docs:,} documents; document {picks.doc_id}: "
         f"{picks.doc_rows} rows"
     )
-    print(f"- query times: median of {args.repeat} runs after a warm-up, in ms, result as Arrow")
+    print(
+        f"- query times: median of {args.repeat} runs after a warm-up, the layouts taking turns, "
+        "whole result fetched as Arrow; DuckDB's default settings "
+        f"({threads} threads)"
+    )
 
     table(
         "Ingest: write_batch, 256 documents per transaction (layout: ingested)",
@@ -465,6 +555,7 @@ def main() -> None:
             "optimized": "store.optimize()",
             "art(s,l)": "CREATE INDEX (sae_id, latent_id)",
             "art(l)": "CREATE INDEX (latent_id)",
+            "opt+tail": "optimize, then 10% more ingested (simulated)",
             "doc-order": "rewrite ORDER BY doc_id",
         }[name]
         extra = appended.get(name)
@@ -473,8 +564,9 @@ def main() -> None:
                 name,
                 step,
                 sizes[name],
-                compact[name],
-                "-" if name == "ingested" else f"{prepare_s[name]:.1f}",
+                compact[name][0],
+                compact[name][1],
+                "-" if name in ("ingested", "opt+tail") else f"{prepare_s[name]:.1f}",
                 f"{statistics.median(extra):.4f}" if extra else "-",
                 f"{statistics.mean(extra):.4f}" if extra else "-",
             ]
@@ -486,6 +578,7 @@ def main() -> None:
             "step",
             "file MiB",
             "rewritten MiB",
+            "doc_latents MiB",
             "step s",
             "append median s/batch",
             "append mean s/batch",
@@ -496,13 +589,20 @@ def main() -> None:
     for group in ("dataset-wide", "per-latent", "per-document"):
         names = [q for q, (g, _) in workload.items() if g == group]
         table(
-            f"Queries, {group} (ms)",
+            f"Queries, {group}: median ms",
             ["query", "rows", *LAYOUTS],
             [
                 [q, f"{counts[q]['ingested']:,}", *(ms(timings[q][n]) for n in LAYOUTS)]
                 for q in names
             ],
         )
+    table(
+        "How each query read doc_latents: row groups read / row groups in the table "
+        "(zone maps and dynamic filters skip the rest), or an ART index scan",
+        ["query", *LAYOUTS],
+        [[q, *(scans[q][n] for n in LAYOUTS)] for q in workload],
+        text_columns=1 + len(LAYOUTS),
+    )
     print(
         f"\nload average at end {os.getloadavg()[0]:.2f}; "
         f"whole run {time.perf_counter() - started:.0f} s"
