@@ -35,9 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     texts, labels = [], []
     for cat in args.categories.split(","):
-        rows = [
-            json.loads(x) for x in (args.corpus_dir / f"{cat}.jsonl").read_text().splitlines()
-        ]
+        rows = [json.loads(x) for x in (args.corpus_dir / f"{cat}.jsonl").read_text().splitlines()]
         for r in rows[: args.per_category]:
             texts.append(r["text"])
             labels.append(cat)

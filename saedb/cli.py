@@ -130,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with the AuxK loss against dead latents, report FVU / L0 / dead latents "
         "per epoch and save it in SAELens format.",
     )
-    p.add_argument("corpus", nargs="*", help="JSONL/CSV/Parquet files with a text field "
-                   "(not needed when --activations names an existing file)")
+    p.add_argument(
+        "corpus",
+        nargs="*",
+        help="JSONL/CSV/Parquet files with a text field "
+        "(not needed when --activations names an existing file)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_options(p, TrainSaeConfig, skip=("corpus", "progress"))
     add_options(p, TrainConfig)

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,8 @@ def _jsonable(v: Any) -> Any:
         return [_jsonable(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
+    if isinstance(v, Decimal) and v.as_tuple().exponent == 0:  # HUGEINT, e.g. sum() of ints
+        return int(v)
     if isinstance(v, int | float | str | bool) or v is None:
         return v
     return str(v)
