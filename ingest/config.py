@@ -51,7 +51,7 @@ class IngestConfig:
     """Field holding the text, or a list of {role, content} chat messages."""
     id_field: str | None = None
     """Field holding a stable document id; default: `id` when present, else the text's sha256."""
-    format: str | None = None
+    input_format: str | None = None
     """jsonl, csv, tsv or parquet; default: from the file extension."""
     sae: str | None = None
     """Name of the SAE to encode with; default: the store's default SAE."""

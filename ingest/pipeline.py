@@ -151,7 +151,7 @@ def _chunks(rows: Iterable[SourceDoc | BadRow], n_docs: int, timer: _Timer) -> I
 def run_ingest(store: Store, cfg: IngestConfig) -> IngestResult:
     """Run one ingest of ``cfg.source`` into ``store``."""
     path = Path(cfg.source)
-    fmt = detect_format(path, cfg.format)
+    fmt = detect_format(path, cfg.input_format)
     if not path.is_file():
         raise InputError(f"cannot read {path}: no such file")
     if cfg.threads:

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import duckdb
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one SQL statement (read-only). Pass - to read it from "
         "stdin. Named parameters: --param name=value, used as $name.",
     )
-    p.add_argument("store")
+    p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
     p.add_argument("query", help="SQL text, or - for stdin")
     p.add_argument(
         "--param",
@@ -108,18 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("info", help="datasets, SAEs and ingest runs in a store")
-    p.add_argument("store")
+    p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
     _format_option(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bad-rows", help="input rows that could not be ingested")
-    p.add_argument("store")
+    p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
     p.add_argument("--run", type=int, default=None, help="only this ingest run")
     _format_option(p)
     p.set_defaults(func=cmd_bad_rows)
 
     p = sub.add_parser("optimize", help="re-cluster doc_latents by latent for fast analyses")
-    p.add_argument("store")
+    p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser(
@@ -157,6 +158,14 @@ def _params(pairs: Sequence[str]) -> dict[str, str] | None:
     return out or None
 
 
+def _require_store(path: str) -> None:
+    """Commands other than init never create a store by accident."""
+    from saedb.errors import StoreError
+
+    if not Path(path).exists():
+        raise StoreError(f"no store at {path}; create it with: saedb init {path}")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from saedb.errors import require_ingest_extra
 
@@ -180,6 +189,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from saedb.options import build
     from saedb.store import Store
 
+    _require_store(args.store)
     cfg = build(IngestConfig, args, source=args.source, progress=not args.quiet)
     with Store(args.store) as store:
         result = run_ingest(store, cfg)
@@ -257,10 +267,17 @@ def cmd_info(args: argparse.Namespace) -> int:
                        config->>'$.ingest.dataset' AS dataset, started_at, finished_at, error
                 FROM ingest_runs ORDER BY run_id""",
         }
-        for title, q in sections.items():
-            if args.format == "table":
-                print(f"# {title}")
-            sys.stdout.write(render(store.arrow(q), args.format))
+        tables = {title: store.arrow(q) for title, q in sections.items()}
+    if args.format == "json":  # one JSON document: {"datasets": [...], "saes": [...], ...}
+        parts = [f'"{title}": {render(t, "json").strip()}' for title, t in tables.items()]
+        sys.stdout.write("{\n" + ",\n".join(parts) + "\n}\n")
+        return 0
+    for title, t in tables.items():
+        if args.format == "table":
+            print(f"# {title}")
+        elif args.format == "csv":
+            print(f"# {title}")
+        sys.stdout.write(render(t, args.format))
     return 0
 
 
@@ -280,6 +297,7 @@ def cmd_bad_rows(args: argparse.Namespace) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from saedb.store import Store
 
+    _require_store(args.store)
     with Store(args.store) as store:
         store.optimize()
     print(f"{args.store}: doc_latents re-clustered by (sae_id, latent_id, doc_id)")

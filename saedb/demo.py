@@ -1,6 +1,6 @@
-"""``saedb demo``: the main job end to end on the embedded default.
+"""saedb demo: the main job end to end on the embedded default.
 
-Creates ``demo.duckdb`` with the default reader and SAE, ingests the bundled fortunes corpus
+Creates demo.duckdb with the default reader and SAE, ingests the bundled fortunes corpus
 (one dataset per fortune category), then prints the latents whose frequency differs most
 between two categories, each with the tokens where it peaks most often and its strongest
 example with the peak token marked ``<<like this>>``. Re-running it reuses what is stored.
@@ -48,9 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DATA_DIR,
         help="directory of <dataset>.jsonl files (default: the bundled fortunes)",
     )
-    p.add_argument("--a", default="computers", help="first dataset to compare")
-    p.add_argument("--b", default="people", help="second dataset to compare")
-    p.add_argument("--top", type=int, default=8, help="latents to show each way")
+    p.add_argument("--a", default="computers", help="first dataset to compare (default: computers)")
+    p.add_argument("--b", default="people", help="second dataset to compare (default: people)")
+    p.add_argument("--top", type=int, default=8, help="latents to show each way (default: 8)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

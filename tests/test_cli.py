@@ -332,7 +332,7 @@ def test_ingest_into_a_store_without_an_sae_says_how_to_add_one(
 def test_ingest_rejects_bad_options_with_exit_2(empty_store, tmp_path, capsys) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", [{"text": "hello"}])
     base = ["ingest", empty_store, str(src), "--dataset", "d"]
-    assert main(base + ["--format", "xml"]) == 2
+    assert main(base + ["--input-format", "xml"]) == 2
     assert "unknown format 'xml'. Valid formats are: " in error_line(capsys.readouterr().err)
     assert main(base + ["--window-tokens", "64", "--window-overlap", "64"]) == 2
     assert "window_overlap" in error_line(capsys.readouterr().err)
