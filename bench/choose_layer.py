@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (drops bench/ from sys.path: see _paths.py)
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# This file is named like the `ingest` package it measures: drop bench/ from the import path
-# so `import ingest` finds the package, not this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import _paths  # noqa: F401  (drops bench/ from sys.path: see _paths.py)
+import torch
 
-import torch  # noqa: E402
-
-import saedb  # noqa: E402
-from ingest.config import IngestConfig  # noqa: E402
-from ingest.pipeline import STAGES, init_store, run_ingest  # noqa: E402
+import saedb
+from ingest.config import IngestConfig
+from ingest.pipeline import STAGES, init_store, run_ingest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+import _paths  # noqa: F401  (drops bench/ from sys.path: see _paths.py)
 import torch
 
 from ingest.activations import corpus_texts
