@@ -26,6 +26,8 @@ examples:
   saedb sql corpus.duckdb "SELECT * FROM diff('spam', 'ham') LIMIT 10"
   echo "SELECT count(*) FROM documents" | saedb sql corpus.duckdb -
   saedb info corpus.duckdb
+  saedb diff corpus.duckdb spam ham --plot diff.png
+  saedb search corpus.duckdb 12,40:2.0,77
 """
 
 
@@ -142,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig)
     p.set_defaults(func=cmd_train_sae)
 
-    from saedb import demo
+    from saedb import analysis_cli, demo
 
+    analysis_cli.add_parsers(sub, _format_option)
     demo.add_parser(sub)
     return ap
 

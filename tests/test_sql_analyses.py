@@ -61,6 +61,8 @@ def make_data(seed: int = 7) -> dict[str, pd.DataFrame]:
             "text": texts,
             "text_sha256": ["0" * 64] * N_DOCS,
             "n_tokens": np.array([len(t.split()) for t in texts], dtype=np.int32),
+            # deterministic (no rng draws, so the rest of the data is unchanged)
+            "metadata": [json.dumps({"parity": ("even", "odd")[i % 2]}) for i in range(N_DOCS)],
             "run_id": np.ones(N_DOCS, dtype=np.int32),
         }
     )
@@ -440,6 +442,15 @@ def test_plain_duckdb_can_query_every_object(
         "normal_sf": "SELECT normal_sf(1.96)",
         "resolve_sae": "SELECT resolve_sae(NULL)",
         "mark_span": "SELECT mark_span('abcdef', 2, 3, 1)",
+        "diff_doc_sets": "SELECT * FROM diff_doc_sets([3, 6, 9, 12, 15], [18, 21, 24, 27, 30])",
+        "diff_one_vs_rest": "SELECT * FROM diff_one_vs_rest('alpha', min_freq := 0.01)",
+        "diff_metadata": "SELECT * FROM diff_metadata('parity', 'even', 'odd', dataset := 'beta')",
+        "retrieve": "SELECT * FROM retrieve([{'latent_id': 3, 'weight': 1.0}, "
+        "{'latent_id': 5, 'weight': 0.5}], k := 5)",
+        "doc_vectors": "SELECT * FROM doc_vectors([3, 5, 7], datasets := ['alpha', 'beta'])",
+        "npmi": "SELECT * FROM npmi(min_count := 1)",
+        "npmi_targets": "SELECT * FROM npmi_targets([0, 1, 2])",
+        "latent_npmi": "SELECT count(*) FROM latent_npmi",
     }
     assert set(examples) == {o.name for o in catalog.load_catalog()}, "add an example call"
     result = subprocess.run(
