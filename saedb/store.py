@@ -364,6 +364,40 @@ class Store:
 
         return run_ingest(self, IngestConfig(source=str(source), dataset=dataset, **options))
 
+    def diff(self, a: str, b: str, **options: Any) -> pd.DataFrame:
+        """``diff(a, b, ...)`` as a DataFrame; options are the macro's named parameters
+        (sae, min_freq, max_freq, threshold)."""
+        named = "".join(f", {k} := ${k}" for k in options)
+        return self.sql(f"SELECT * FROM diff($a, $b{named})", {"a": a, "b": b, **options})
+
+    def search(
+        self,
+        query: str | dict[int, float],
+        *,
+        k: int = 100,
+        datasets: Sequence[str] | None = None,
+        sae: int | None = None,
+    ) -> pd.DataFrame:
+        """Documents scored by latent weights (``retrieve``): ``{12: 1.0, 40: 2.0}`` or the
+        CLI's text form ``"12,40:2.0"``. Text queries need latent labels (a later version)."""
+        if isinstance(query, str):
+            from saedb.analysis_cli import parse_weights
+
+            weights = parse_weights(query)
+        else:
+            weights = [{"latent_id": int(i), "weight": float(w)} for i, w in query.items()]
+        return self.sql(
+            "SELECT * FROM retrieve($w::STRUCT(latent_id INTEGER, weight DOUBLE)[], "
+            "sae := $sae::INTEGER, k := $k::INTEGER, datasets := $ds::VARCHAR[])",
+            {"w": weights, "sae": sae, "k": k, "ds": list(datasets) if datasets else None},
+        )
+
+    def cluster(self, latents: Sequence[int], **options: Any):
+        """Targeted spectral clustering on the given latents; see ``saedb.cluster.cluster``."""
+        from saedb.cluster import cluster
+
+        return cluster(self, list(latents), **options)
+
     def optimize(self) -> None:
         """Rewrite doc_latents clustered by (sae_id, latent_id, doc_id): the layout under which
         per-latent queries (diffing, retrieval, top documents) touch the fewest row groups."""

@@ -206,3 +206,18 @@ def test_nearest_neighbour_graph_for_many_patterns_separates_too(store, monkeypa
     labels = np.array(result.assignments.column("cluster").to_pylist())
     encoded = truth() != NO_LATENT
     assert adjusted_rand_score(truth()[encoded], labels[encoded]) == 1.0
+
+
+def test_store_api_search_diff_cluster(store) -> None:
+    """The Python conveniences on Store run the same SQL objects as the CLI."""
+    weights = {LEFT[0]: 1.0, LEFT[1]: 0.5}
+    hits = store.search(weights, k=3)
+    assert len(hits) == 3 and hits.score.is_monotonic_decreasing
+    assert set(hits.dataset) == {"left"}
+    same = store.search(f"{LEFT[0]},{LEFT[1]}:0.5", k=3)
+    assert hits.doc_id.tolist() == same.doc_id.tolist()
+    d = store.diff("left", "right")
+    top = d.sort_values("difference", ascending=False).latent_id.iloc[0]
+    assert top in LEFT and {"freq_a", "freq_b", "q_value"} <= set(d.columns)
+    res = store.cluster(LEFT + RIGHT, k=2)
+    assert res.n_clusters == 2
