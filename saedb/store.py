@@ -69,13 +69,23 @@ class Store:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         if read_only:
             found, known = migrations.current_version(self.con), migrations.latest_version()
-            if found != known:
+            if found > known:
                 self.con.close()
                 raise StoreError(
-                    f"{self.path} is at schema version {found}, this saedb expects {known}: "
-                    "open it read-write once to upgrade it"
-                    + (" (or upgrade saedb)" if found > known else "")
+                    f"{self.path} is at schema version {found}, newer than this saedb "
+                    f"({known}): upgrade saedb"
                 )
+            if found < known:
+                # An older store: upgrade it once (briefly read-write), then read as asked.
+                self.con.close()
+                try:
+                    Store(self.path).close()
+                except StoreError as exc:
+                    raise StoreError(
+                        f"{self.path} is at schema version {found} and needs upgrading to "
+                        f"{known}, which needs a moment of write access: {exc}"
+                    ) from exc
+                self.con = duckdb.connect(str(self.path), read_only=True)
         else:
             migrations.migrate(self.con)
             catalog.install(self.con)

@@ -201,3 +201,20 @@ def test_store_file_opens_in_plain_duckdb(tmp_path):
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "0"
+
+
+def test_read_only_open_upgrades_an_older_store_first(tmp_path):
+    import duckdb
+
+    from saedb import migrations
+
+    old_schema = tmp_path / "schema-v1"
+    old_schema.mkdir()
+    first = min(migrations.discover(), key=lambda m: m.version)
+    (old_schema / f"{first.name}.sql").write_text(first.source.read_text())
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:
+        assert migrations.migrate(con, old_schema) == [first.name]
+    with saedb.open(path, read_only=True) as s:
+        assert migrations.current_version(s.con) == migrations.latest_version()
+        assert s.sql("SELECT count(*) n FROM latent_frequency").n[0] == 0
