@@ -28,6 +28,7 @@ examples:
   saedb info corpus.duckdb
   saedb diff corpus.duckdb spam ham --plot diff.png
   saedb search corpus.duckdb 12,40:2.0,77
+  saedb label corpus.duckdb --top-diff spam ham
 """
 
 
@@ -144,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig)
     p.set_defaults(func=cmd_train_sae)
 
-    from saedb import analysis_cli, demo
+    from saedb import analysis_cli, demo, label_cli
 
     analysis_cli.add_parsers(sub, _format_option)
+    label_cli.add_parser(sub)
     demo.add_parser(sub)
     return ap
 

@@ -2,8 +2,9 @@
 
 Creates demo.duckdb with the default reader and SAE, ingests the bundled fortunes corpus
 (one dataset per fortune category), then prints the latents whose frequency differs most
-between two categories, each with the tokens where it peaks most often and its strongest
-example with the peak token marked ``<<like this>>``. Re-running it reuses what is stored.
+between two categories, each with its label (from the offline labeler, run on just those
+latents), the tokens where it peaks most often and its strongest example with the peak token
+marked ``<<like this>>``. Re-running it reuses what is stored.
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ def _report(store, sae_id: int, a: str, b: str, top: int) -> None:
     if rows.empty:
         print("  (none significant at q < 0.05)\n")
         return
+    from saedb.labels import label_offline
+
+    ids = [int(i) for i in rows.latent_id]
+    label_offline(store, ids, sae=sae_id, progress=False)  # skips latents already labelled
+    labels = store.sql(
+        "SELECT latent_id, label FROM current_labels WHERE sae_id = ? AND list_contains(?, "
+        "latent_id)",
+        [sae_id, ids],
+    )
+    label_of = dict(zip(labels.latent_id, labels.label, strict=True))
     for r in rows.itertuples():
         tokens = store.sql(PEAK_TOKENS_SQL, [sae_id, int(r.latent_id), ds])
         peak = ", ".join(f"{t!r}x{n}" for t, n in zip(tokens.token, tokens.n, strict=True))
@@ -114,7 +125,8 @@ def _report(store, sae_id: int, a: str, b: str, top: int) -> None:
         snippet = " ".join(str(ex.snippet[0]).split()) if not ex.empty else ""
         print(
             f"latent {int(r.latent_id):>5}  {a} {r.freq_a:6.1%} vs {b} {r.freq_b:6.1%}  "
-            f"q={r.q_value:.1e}  peaks on: {peak}"
+            f"q={r.q_value:.1e}  label: {label_of.get(int(r.latent_id))}"
         )
+        print(f"      peaks on: {peak}")
         print(textwrap.indent(textwrap.fill(snippet, 96), "      "))
     print()

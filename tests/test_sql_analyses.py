@@ -451,6 +451,8 @@ def test_plain_duckdb_can_query_every_object(
         "npmi": "SELECT * FROM npmi(min_count := 1)",
         "npmi_targets": "SELECT * FROM npmi_targets([0, 1, 2])",
         "latent_npmi": "SELECT count(*) FROM latent_npmi",
+        "latent_examples": "SELECT * FROM latent_examples(3, n_pos := 3, n_neg := 3, seed := 2)",
+        "current_labels": "SELECT count(*) FROM current_labels",
     }
     assert set(examples) == {o.name for o in catalog.load_catalog()}, "add an example call"
     result = subprocess.run(
