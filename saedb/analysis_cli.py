@@ -166,8 +166,9 @@ def parse_weights(query: str) -> list[dict[str, Any]]:
         if m is None:
             if not any(matches) and re.search(r"[^\W\d_]", query):
                 raise ConfigError(
-                    f"'{query}' is a text query: searching by text needs latent labels, which "
-                    "this store does not have yet (`saedb label`, coming in a later version); "
+                    f"'{query}' is a text query: searching by text (query -> related latents "
+                    "through label embeddings) is not built yet; label latents with `saedb label`, "
+                    "look them up in current_labels, then "
                     "search by latent weights instead, e.g. saedb search STORE 12,40:2.0,77"
                 )
             raise ConfigError(

@@ -249,7 +249,7 @@ def test_search_in_datasets(shared, capsys) -> None:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("error messages about disks", "needs latent labels"),
+        ("error messages about disks", "searching by text"),
         ("12,4x0", "cannot read '4x0'"),
         ("  ", "empty query"),
     ],
