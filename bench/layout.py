@@ -49,9 +49,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+from synthetic import synthetic_sae
 
 import saedb
-from saedb.store import SaeRecord, Store
+from saedb.store import Store
 
 BATCH_DOCS = 256
 """Documents per ``write_batch`` call, as ingestion commits them."""
@@ -135,21 +136,7 @@ def build_store(path: Path, args: argparse.Namespace) -> tuple[list[float], Batc
     per_dataset = args.docs // args.datasets
     seconds = []
     with saedb.open(path) as store:
-        sae_id = store.register_sae(
-            SaeRecord(
-                name="bench",
-                reader_model="synthetic",
-                reader_revision=None,
-                hook_name="blocks.0.hook_resid_post",
-                layer=0,
-                architecture="topk",
-                d_in=512,
-                d_sae=args.latents,
-                weights_sha256="0" * 64,
-                path="/synthetic",
-                config={"bench": "layout"},
-            )
-        )
+        sae_id = store.register_sae(synthetic_sae(args.latents, {"bench": "layout"}))
         for k in range(args.datasets):
             name = f"d{k + 1}"
             dataset_id = store.dataset_id(name, create=True)
