@@ -56,8 +56,24 @@ rt_rows AS (
     JOIN rt_weights AS w ON dl.latent_id = w.latent_id
     WHERE dl.sae_id = resolve_sae(sae)
 ),
-rt_docs AS (
-    -- an unordered list sorted afterwards: much cheaper than list(... ORDER BY ...) per group
+rt_in_scope AS (
+    SELECT r.*
+    FROM rt_rows AS r
+    WHERE datasets IS NULL
+       OR r.doc_id IN (
+           SELECT d.doc_id FROM documents AS d JOIN rt_scope AS s ON d.dataset_id = s.dataset_id
+       )
+),
+rt_top AS (
+    -- score every candidate with a plain aggregate (summed in latent order, so equal inputs
+    -- give equal scores), keep the k best, and only then build their contribution lists
+    SELECT r.doc_id, sum(r.contribution ORDER BY r.latent_id) AS score
+    FROM rt_in_scope AS r
+    GROUP BY r.doc_id
+    ORDER BY score DESC, r.doc_id
+    LIMIT k
+),
+rt_parts AS (
     SELECT
         r.doc_id,
         list_sort(list({
@@ -68,27 +84,9 @@ rt_docs AS (
             'char_start': r.max_char_start,
             'char_end': r.max_char_end
         })) AS parts
-    FROM rt_rows AS r
+    FROM rt_in_scope AS r
+    SEMI JOIN rt_top AS t ON t.doc_id = r.doc_id
     GROUP BY r.doc_id
-),
-rt_scored AS (
-    SELECT
-        rd.doc_id,
-        list_reduce(
-            list_transform(rd.parts, lambda p: -p.neg_contribution), lambda x, y: x + y
-        ) AS score,
-        rd.parts
-    FROM rt_docs AS rd
-    WHERE datasets IS NULL
-       OR rd.doc_id IN (
-           SELECT d.doc_id FROM documents AS d JOIN rt_scope AS s ON d.dataset_id = s.dataset_id
-       )
-),
-rt_top AS (
-    SELECT *
-    FROM rt_scored
-    ORDER BY score DESC, doc_id
-    LIMIT k
 )
 SELECT
     t.doc_id,
@@ -96,10 +94,11 @@ SELECT
     d.external_id,
     t.score,
     list_transform(
-        t.parts, lambda p: {'latent_id': p.latent_id, 'weight': p.weight, 'max_act': p.max_act}
+        p.parts, lambda x: {'latent_id': x.latent_id, 'weight': x.weight, 'max_act': x.max_act}
     ) AS contributions,
-    mark_span(d.text, t.parts[1].char_start, t.parts[1].char_end, 100) AS snippet
+    mark_span(d.text, p.parts[1].char_start, p.parts[1].char_end, 100) AS snippet
 FROM rt_top AS t
+JOIN rt_parts AS p ON p.doc_id = t.doc_id
 JOIN documents AS d ON d.doc_id = t.doc_id
 JOIN datasets AS ds ON ds.dataset_id = d.dataset_id
 -- never yields a row; its filter raises the error for unknown dataset names, whatever matched
