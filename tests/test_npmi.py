@@ -596,3 +596,18 @@ def test_property_all_paths_agree(
     ).fetchdf()
     assert len(targets) == 2 * len(want)
     assert np.isfinite(targets.npmi.to_numpy(float)).all()
+
+
+def test_npmi_score_edges() -> None:
+    con = duckdb.connect()
+    from saedb import catalog
+
+    catalog.install(con, [o for o in catalog.load_catalog() if o.name == "npmi_score"])
+    got = con.execute(
+        "SELECT npmi_score(10, 10, 10, 10), npmi_score(25, 50, 50, 100), "
+        "npmi_score(5, 5, 5, 100), npmi_score(1, 90, 90, 100)"
+    ).fetchall()[0]
+    assert got[0] == 1.0  # fired together in every document
+    assert abs(got[1]) < 1e-12  # independent: p(i,j) = p(i) p(j)
+    assert abs(got[2] - 1.0) < 1e-12  # always together
+    assert -1.0 <= got[3] < 0  # avoid each other

@@ -440,6 +440,7 @@ def test_plain_duckdb_can_query_every_object(
         "highlight": f"SELECT * FROM highlight({some.doc_id}, {some.latent_id})",
         "top_documents": "SELECT * FROM top_documents(2, k := 5)",
         "normal_sf": "SELECT normal_sf(1.96)",
+        "npmi_score": "SELECT npmi_score(3, 5, 6, 10)",
         "resolve_sae": "SELECT resolve_sae(NULL)",
         "mark_span": "SELECT mark_span('abcdef', 2, 3, 1)",
         "diff_doc_sets": "SELECT * FROM diff_doc_sets([3, 6, 9, 12, 15], [18, 21, 24, 27, 30])",

@@ -8,7 +8,7 @@
 -- param sae: the SAE id; NULL means the store's default SAE
 -- param min_count: keep pairs that fired together in at least this many documents (values below 1 act as 1: pairs that never fired together have no row)
 -- param threshold: a latent fired in a document when its max_act there is above this (compared as REAL, the precision max_act is stored in)
--- depends: resolve_sae
+-- depends: resolve_sae, npmi_score
 -- notes: the same definitions as npmi_targets: N is the number of documents of the chosen
 --   datasets encoded with the SAE (documents where nothing fired included),
 --   npmi = (ln n_both + ln N - ln n_i - ln n_j) / (ln N - ln n_both), clamped to [-1, 1],
@@ -84,10 +84,7 @@ SELECT
     kj.n AS n_j,
     p.n_both,
     s.n_docs,
-    CASE WHEN p.n_both >= s.n_docs THEN 1.0
-        ELSE greatest(-1.0, least(1.0,
-            (ln(p.n_both) + ln(s.n_docs) - ln(ki.n) - ln(kj.n)) / (ln(s.n_docs) - ln(p.n_both))
-        )) END AS npmi
+    npmi_score(p.n_both, ki.n, kj.n, s.n_docs) AS npmi
 FROM npa_pairs AS p
 JOIN npa_counts AS ki ON ki.latent_id = p.latent_i
 JOIN npa_counts AS kj ON kj.latent_id = p.latent_j

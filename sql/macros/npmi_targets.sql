@@ -9,7 +9,7 @@
 -- param sae: the SAE id; NULL means the store's default SAE
 -- param min_count: keep pairs that fired together in at least this many documents (values below 1 act as 1: pairs that never fired together have no row)
 -- param threshold: a latent fired in a document when its max_act there is above this (compared as REAL, the precision max_act is stored in)
--- depends: resolve_sae
+-- depends: resolve_sae, npmi_score
 -- notes: the documents are those of the chosen datasets encoded with the SAE (rows in
 --   doc_encodings), documents where nothing fired included; N is their number. With
 --   p(i) = n_i / N and p(i, j) = n_both / N, npmi = ln(p(i, j) / (p(i) p(j))) / -ln p(i, j),
@@ -91,10 +91,7 @@ SELECT
     kt.n AS n_target,
     kl.n AS n_latent,
     p.n_both,
-    CASE WHEN p.n_both >= s.n_docs THEN 1.0
-        ELSE greatest(-1.0, least(1.0,
-            (ln(p.n_both) + ln(s.n_docs) - ln(kt.n) - ln(kl.n)) / (ln(s.n_docs) - ln(p.n_both))
-        )) END AS npmi
+    npmi_score(p.n_both, kt.n, kl.n, s.n_docs) AS npmi
 FROM npt_pairs AS p
 JOIN npt_counts AS kt ON kt.latent_id = p.target_latent
 JOIN npt_counts AS kl ON kl.latent_id = p.latent_id
