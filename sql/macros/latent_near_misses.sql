@@ -1,0 +1,134 @@
+-- name: latent_near_misses
+-- kind: table_macro
+-- answers: Which documents look most like where a latent fires but where it did not fire (near-miss negatives for labelling and scoring a latent)?
+-- inputs: doc_latents, doc_encodings, documents, datasets, settings
+-- grain: one row per near-miss document, up to n, numbered from 1 by rank (most similar first)
+-- params: latent, sae := NULL, n := 10, top := 30, n_partners := 20, context := 120, seed := 0
+-- param latent: the latent (latent_id)
+-- param sae: the SAE id; NULL means the store's default SAE
+-- param n: how many near-miss documents to return
+-- param top: the latent's strongest documents (by max_act, ties by doc_id) that define its partners and datasets
+-- param n_partners: how many partner latents to score documents by
+-- param context: characters of text either side of the partner's peak token; NULL keeps the whole text
+-- param seed: breaks ties between equally scored documents: the same seed gives the same rows
+-- depends: resolve_sae
+-- notes: a near miss is a document of the same datasets as the latent's strongest documents
+--   where the latent did not fire but the latents that fire with it do. Partners are the
+--   latents firing in the top documents whose share there most exceeds their share of all
+--   documents: weight = n_top / top_docs - n_docs / n_encoded, where n_top counts top documents
+--   with the partner and n_docs all documents with it; the 3 * n_partners latents most common
+--   in the top documents are candidates, the n_partners with the largest positive weight are
+--   kept. A document's score is the sum of the weights of the partners that fired in it; the n
+--   highest-scoring documents without a doc_latents row for the latent are returned (ties by
+--   hash(doc_id, seed), then doc_id). Only the partners' doc_latents rows are read after the
+--   top documents, never the whole table at once. The snippet is a window around the peak of
+--   the document's highest-weighted partner, unmarked (the latent itself has no peak there).
+--   Empty when the latent never fired or no partner has a positive weight.
+-- column rank: the document's place, from 1 (highest score)
+-- column doc_id: the document
+-- column dataset: the name of the document's dataset
+-- column score: sum of the weights of the partner latents that fired in the document
+-- column n_shared: how many of the partner latents fired in the document
+-- column partner: the highest-weighted partner latent that fired in it (the snippet's centre)
+-- column snippet: context characters either side of that partner's peak token, … where cut, no << >> marks
+CREATE OR REPLACE MACRO latent_near_misses(
+    latent, sae := NULL, n := 10, top := 30, n_partners := 20, context := 120, seed := 0
+) AS TABLE
+WITH strongest AS (
+    SELECT dl.doc_id
+    FROM doc_latents AS dl
+    WHERE dl.latent_id = latent
+      AND dl.sae_id = resolve_sae(sae)
+    ORDER BY dl.max_act DESC, dl.doc_id
+    LIMIT top
+),
+top_datasets AS (
+    SELECT DISTINCT d.dataset_id
+    FROM strongest AS s
+    JOIN documents AS d ON d.doc_id = s.doc_id
+),
+candidates AS (
+    SELECT dl.latent_id, count(*) AS n_top
+    FROM doc_latents AS dl
+    JOIN strongest AS s ON s.doc_id = dl.doc_id
+    WHERE dl.sae_id = resolve_sae(sae)
+      AND dl.latent_id <> latent
+    GROUP BY dl.latent_id
+    ORDER BY n_top DESC, dl.latent_id
+    LIMIT 3 * n_partners
+),
+candidate_rows AS (
+    SELECT dl.doc_id, dl.latent_id, dl.max_char_start, dl.max_char_end
+    FROM doc_latents AS dl
+    SEMI JOIN candidates AS c ON c.latent_id = dl.latent_id
+    WHERE dl.sae_id = resolve_sae(sae)
+),
+n_encoded AS (
+    SELECT count(*) AS n_docs
+    FROM doc_encodings AS de
+    WHERE de.sae_id = resolve_sae(sae)
+),
+partners AS (
+    SELECT
+        c.latent_id,
+        c.n_top / (SELECT count(*) FROM strongest)
+            - count(*) / greatest((SELECT e.n_docs FROM n_encoded AS e), 1) AS weight
+    FROM candidates AS c
+    JOIN candidate_rows AS r ON r.latent_id = c.latent_id
+    GROUP BY c.latent_id, c.n_top
+    HAVING weight > 0
+    ORDER BY weight DESC, c.latent_id
+    LIMIT n_partners
+),
+fired AS (
+    SELECT dl.doc_id
+    FROM doc_latents AS dl
+    WHERE dl.latent_id = latent
+      AND dl.sae_id = resolve_sae(sae)
+),
+scored AS (
+    SELECT
+        r.doc_id,
+        sum(p.weight) AS score,
+        count(*) AS n_shared,
+        arg_max(
+            {'latent_id': r.latent_id, 'char_start': r.max_char_start, 'char_end': r.max_char_end},
+            (p.weight, -r.latent_id)
+        ) AS peak
+    FROM candidate_rows AS r
+    JOIN partners AS p ON p.latent_id = r.latent_id
+    ANTI JOIN fired AS f ON f.doc_id = r.doc_id
+    GROUP BY r.doc_id
+),
+chosen AS (
+    SELECT s.*, d.dataset_id, d.text
+    FROM scored AS s
+    JOIN documents AS d ON d.doc_id = s.doc_id
+    SEMI JOIN top_datasets AS t ON t.dataset_id = d.dataset_id
+    ORDER BY s.score DESC, hash(s.doc_id, CAST(seed AS BIGINT)), s.doc_id
+    LIMIT n
+),
+windows AS (
+    SELECT
+        c.*,
+        greatest(c.peak.char_start - greatest(coalesce(context, length(c.text)), 0), 0) AS lo,
+        least(
+            c.peak.char_end + greatest(coalesce(context, length(c.text)), 0), length(c.text)
+        ) AS hi
+    FROM chosen AS c
+)
+SELECT
+    row_number() OVER (
+        ORDER BY w.score DESC, hash(w.doc_id, CAST(seed AS BIGINT)), w.doc_id
+    ) AS rank,
+    w.doc_id,
+    ds.name AS dataset,
+    CAST(w.score AS DOUBLE) AS score,
+    CAST(w.n_shared AS INTEGER) AS n_shared,
+    w.peak.latent_id AS partner,
+    CASE WHEN w.lo > 0 THEN '…' ELSE '' END
+        || substring(w.text, w.lo + 1, w.hi - w.lo)
+        || CASE WHEN w.hi < length(w.text) THEN '…' ELSE '' END AS snippet
+FROM windows AS w
+JOIN datasets AS ds ON ds.dataset_id = w.dataset_id
+ORDER BY rank;
