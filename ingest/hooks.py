@@ -1,42 +1,70 @@
 """Hook names: where in the reader model an SAE reads its activations.
 
-An SAE's cfg names its hook the way its training library does. We support the residual
-stream only, which plain Hugging Face transformers expose without TransformerLens:
+An SAE's cfg names its hook the way its training library does. saedb runs plain Hugging Face
+transformers (no TransformerLens), so each supported name maps onto a module of the HF model:
 
-- SAELens / TransformerLens ``blocks.L.hook_resid_pre``: the input of decoder layer L
-  (HF ``hidden_states[L]``);
-- SAELens / TransformerLens ``blocks.L.hook_resid_post``: the output of decoder layer L
-  (HF ``hidden_states[L + 1]``);
-- sparsify ``layers.L``: the output of ``model.layers[L]``, i.e. ``resid_post`` of L.
+============================================  ===============================================
+hook name                                     HF transformers
+============================================  ===============================================
+``blocks.L.hook_resid_pre`` (TransformerLens)  input of ``layers[L]`` = ``hidden_states[L]``
+``blocks.L.hook_resid_post``                   output of ``layers[L]`` = ``hidden_states[L+1]``
+``blocks.L.hook_mlp_out``                      output of ``layers[L].mlp`` (of its
+                                               ``post_feedforward_layernorm`` where the layer
+                                               has one, as Gemma 2/3 and OLMo 2 do)
+sparsify ``layers.L`` / ``h.L``                = ``blocks.L.hook_resid_post``
+sparsify ``layers.L.mlp`` / ``h.L.mlp``        = ``blocks.L.hook_mlp_out``
+sparsify ``embed_tokens`` / ``embed``          = ``blocks.0.hook_resid_pre``
+============================================  ===============================================
 
-HF applies the final norm to the last entry of ``hidden_states``, so the reader takes the raw
-output of the layer (a forward hook) rather than indexing ``hidden_states``.
+The final-norm exception: HF applies the model's final norm to the last entry of
+``hidden_states``, while TransformerLens's ``hook_resid_post`` of the last layer is before
+it. ``capture`` therefore always takes the raw output of the module (a forward hook), never an
+entry of ``hidden_states``, and stops the forward pass right there.
+
+Hooks inside attention (``hook_z``, ``hook_q/k/v``, ``hook_pattern``, ``hook_attn_out``),
+inside the MLP (``mlp.hook_pre/post``), ``hook_resid_mid`` and the norms' hooks cannot be
+honoured from HF modules in a model-independent way; ``parse_hook`` refuses them by name.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from saedb.errors import ModelError
 
-HookKind = Literal["resid_pre", "resid_post"]
+HookKind = Literal["resid_pre", "resid_post", "mlp_out"]
 
 #: What ``parse_hook`` accepts, for error messages and docs.
 SUPPORTED_HOOKS = (
     "blocks.L.hook_resid_pre",
     "blocks.L.hook_resid_post",
+    "blocks.L.hook_mlp_out",
     "layers.L (sparsify; = blocks.L.hook_resid_post)",
+    "layers.L.mlp (sparsify; = blocks.L.hook_mlp_out)",
+    "embed_tokens (sparsify; = blocks.0.hook_resid_pre)",
 )
 
-_TRANSFORMERLENS = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post)")
-_SPARSIFY = re.compile(r"layers\.(\d+)")
+_TRANSFORMERLENS = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out)")
+_SPARSIFY = re.compile(r"(?:model\.)?(?:layers|h)\.(\d+)(\.mlp)?")
+_EMBEDDING = ("embed_tokens", "embed", "model.embed_tokens", "wte", "hook_embed")
+#: Known hooks we refuse, with why (matched against the part after ``blocks.L.``).
+_REFUSED = {
+    r"attn\.hook_(z|q|k|v|pattern|attn_scores|result)|hook_(q|k|v)_input|hook_attn_in": (
+        "it is inside the attention block, which HF models do not expose per head"
+    ),
+    r"hook_attn_out": "attention outputs are not exposed the same way by every HF model",
+    r"mlp\.hook_(pre|post|pre_linear)|hook_mlp_in": "it is inside the MLP block",
+    r"hook_resid_mid": "the residual stream between attention and MLP is not a module output",
+    r"ln\d?(_final)?\.hook_(scale|normalized)": "it is inside a layer norm",
+}
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A point in the residual stream: the input (``resid_pre``) or output of one layer."""
+    """A point of the reader: the input (``resid_pre``) or output (``resid_post``) of one
+    layer, or the output of its MLP (``mlp_out``)."""
 
     layer: int
     kind: HookKind
@@ -47,8 +75,11 @@ class HookPoint:
         return f"blocks.{self.layer}.hook_{self.kind}"
 
     @property
-    def hidden_states_index(self) -> int:
-        """Index into HF ``output_hidden_states`` (mind the final-norm exception above)."""
+    def hidden_states_index(self) -> int | None:
+        """Index into HF ``output_hidden_states`` (mind the final-norm exception above);
+        None for ``mlp_out``, which is not in the residual stream."""
+        if self.kind == "mlp_out":
+            return None
         return self.layer if self.kind == "resid_pre" else self.layer + 1
 
 
@@ -57,12 +88,75 @@ def parse_hook(hook_name: str) -> HookPoint:
     if isinstance(hook_name, str):
         m = _TRANSFORMERLENS.fullmatch(hook_name)
         if m:
-            kind: HookKind = "resid_pre" if m.group(2) == "resid_pre" else "resid_post"
-            return HookPoint(layer=int(m.group(1)), kind=kind)
+            return HookPoint(layer=int(m.group(1)), kind=m.group(2))  # type: ignore[arg-type]
         m = _SPARSIFY.fullmatch(hook_name)
         if m:
-            return HookPoint(layer=int(m.group(1)), kind="resid_post")
+            kind: HookKind = "mlp_out" if m.group(2) else "resid_post"
+            return HookPoint(layer=int(m.group(1)), kind=kind)
+        if hook_name in _EMBEDDING:
+            return HookPoint(layer=0, kind="resid_pre")
+        site = re.sub(r"^(blocks|layers|model\.layers|h)\.\d+\.", "", hook_name)
+        why = next((w for p, w in _REFUSED.items() if re.fullmatch(p, site)), None)
+        if why is None and re.match(r"(self_attn|attn)\b", site):
+            why = "it is inside the attention block, which HF models do not expose per head"
+        if why is not None:
+            raise ModelError(
+                f"Unsupported SAE hook {hook_name!r}: it cannot be honoured ({why}). "
+                "saedb reads the "
+                f"residual stream and MLP outputs. Supported hooks are: "
+                f"{', '.join(SUPPORTED_HOOKS)}"
+            )
     raise ModelError(
-        f"Unsupported SAE hook {hook_name!r}: saedb reads the residual stream only. "
-        f"Supported hooks are: {', '.join(SUPPORTED_HOOKS)}"
+        f"Unsupported SAE hook {hook_name!r}: saedb reads the residual stream and MLP "
+        f"outputs only. Supported hooks are: {', '.join(SUPPORTED_HOOKS)}"
     )
+
+
+def hook_module(layer: Any, hook: HookPoint, model_name: str = "the reader") -> Any:
+    """The module of one decoder layer whose output (``mlp_out``) or input / output
+    (``resid_pre`` / ``resid_post``: the layer itself) the hook reads."""
+    if hook.kind != "mlp_out":
+        return layer
+    for attr in ("post_feedforward_layernorm", "mlp"):
+        module = getattr(layer, attr, None)
+        if module is not None:
+            return module
+    raise ModelError(
+        f"Unsupported SAE hook {hook.name}: it cannot be honoured (the layers of {model_name} "
+        f"({type(layer).__name__}) have no 'mlp' module)"
+    )
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward pass at the SAE's hook."""
+
+
+def capture(model: Any, layers: Any, hook: HookPoint, **inputs: Any) -> Any:
+    """Run ``model(**inputs)`` up to ``hook`` and return the activations there
+    ``[batch, seq, d]`` (the forward pass stops right after them)."""
+    captured: list[Any] = []
+    if hook.layer >= len(layers):
+        raise ModelError(f"SAE hook layer {hook.layer} does not exist ({len(layers)} layers)")
+    module = hook_module(layers[hook.layer], hook, type(model).__name__)
+
+    def post_hook(_module, _args, output):  # resid_post / mlp_out: the module's output
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    def pre_hook(_module, args, kwargs):  # resid_pre: the layer's input
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _StopForward
+
+    if hook.kind == "resid_pre":
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        handle = module.register_forward_hook(post_hook)
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ModelError(f"the forward pass never reached {hook.name}")
+    return captured[0]

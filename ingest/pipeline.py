@@ -31,6 +31,7 @@ from ingest.config import IngestConfig, ReaderConfig
 from ingest.hooks import parse_hook
 from ingest.pooling import Pooled, merge, pool_tokens
 from ingest.reader import DEFAULT_READER, Reader, resolve_reader
+from ingest.sae_add import check_reader_model, load_recorded_sae
 from ingest.sources import BadRow, SourceDoc, count_rows, detect_format, read_documents, sha256_text
 from saedb.errors import InputError, ModelError
 from saedb.store import SaeRecord, Store
@@ -91,6 +92,7 @@ def sae_record(sae: sae_mod.SAE, *, name: str, path: str, reader: str) -> SaeRec
         weights_sha256=sae.weights_sha256,
         path=path,
         config={"reader": reader, "sae_cfg": sae.cfg},
+        format=sae.format or "saelens",
     )
 
 
@@ -100,8 +102,9 @@ def load_components(rec: SaeRecord, reader_spec: str | None, rcfg: ReaderConfig)
     resolved = resolve_reader(spec)
     hook = parse_hook(rec.hook_name)
     key = (str(resolved.path), rec.hook_name, rec.weights_sha256, asdict(rcfg).__repr__())
+    check_reader_model(rec, resolved.model_name)
     if key not in _LOADED:
-        sae = sae_mod.load_sae(resolve_sae_path(rec.path))
+        sae = load_recorded_sae(rec, resolve_sae_path(rec.path))
         if sae.weights_sha256 != rec.weights_sha256:
             raise ModelError(
                 f"the SAE weights at {rec.path} changed since they were registered as "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ingest.config import ReaderConfig
-from ingest.hooks import HookPoint
+from ingest.hooks import HookPoint, capture, hook_module
 from saedb.errors import ConfigError, ModelError
 
 #: The embedded default reader: SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package
@@ -223,6 +223,7 @@ class Reader:
         self.model.eval()
         self.d_model = int(_hidden_size(hf_config))
         self.layers = _find_layers(self.model)
+        hook_module(self.layers[self.hook.layer], self.hook, self.resolved.model_name)
         self.prefix_ids, self.suffix_ids = self._special_frame()
         self.pad_id = _pad_id(self.tokenizer)
         self.max_positions = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
@@ -369,35 +370,10 @@ class Reader:
         return HiddenBatch(flat.float().contiguous(), doc, starts, ends)
 
     def _hidden_at_hook(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """Capture the residual stream at the hook and stop the forward pass right there."""
-        captured: list[torch.Tensor] = []
-        layer = self.layers[self.hook.layer]
-
-        def post_hook(_module, _args, output):  # resid_post: the layer's output
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _StopForward
-
-        def pre_hook(_module, args, kwargs):  # resid_pre: the layer's input
-            captured.append(args[0] if args else kwargs["hidden_states"])
-            raise _StopForward
-
-        if self.hook.kind == "resid_post":
-            handle = layer.register_forward_hook(post_hook)
-        else:
-            handle = layer.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        try:
-            self.model(input_ids=ids, attention_mask=att, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise ModelError(f"the forward pass never reached layer {self.hook.layer}")
-        return captured[0]
-
-
-class _StopForward(Exception):
-    """Raised inside a hook to end the forward pass at the SAE's layer."""
+        """Capture the activations at the hook and stop the forward pass right there."""
+        return capture(
+            self.model, self.layers, self.hook, input_ids=ids, attention_mask=att, use_cache=False
+        )
 
 
 def _find_sublist(full: Sequence[int], part: Sequence[int]) -> int:

@@ -1,4 +1,4 @@
-"""The SAE at inference time: architectures, encode / decode, and the SAELens directory format.
+"""The SAE at inference time: architectures and encode / decode.
 
 Encode follows SAELens (see ``shared/reference/sae-formats.md``): cast to float32, normalise
 (``normalize_activations``), subtract ``b_dec`` when ``apply_b_dec_to_input``, then
@@ -8,33 +8,28 @@ ingestion: one matmul per row chunk, then ``topk`` or ``nonzero``; it never buil
 
 ``expected_average_only_in`` has no runtime op: its scalar ``s`` is folded into the weights at
 load (``W_enc *= s; W_dec /= s; b_dec /= s``), so an ``SAE`` always takes raw activations.
-On disk we write the folded weights with ``normalize_activations: "none"`` (what SAELens does
-after folding, so SAELens reads them right) and keep ``s`` as
-``metadata.norm_scaling_factor_folded``, from which ``load_saelens`` restores the mode.
+
+Reading and writing SAEs on disk (SAELens, sparsify, Gemma Scope, ...) lives in
+``ingest.sae_formats`` and ``ingest.sae_loaders``; the names they define are re-exported here
+(``from ingest.sae import load_sae, save_saelens`` keeps working).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from saedb.errors import ConfigError, ModelError, RegistryError
+from saedb.errors import ModelError, RegistryError
 
 T = TypeVar("T")
 
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm", "expected_average_only_in")
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 #: Metadata keys every cfg we write carries (None when unknown), as in SAELens v6.
 METADATA_KEYS = (
     "model_name",
@@ -48,6 +43,10 @@ _FOLDED_KEY = "norm_scaling_factor_folded"
 #: Elements of ``h`` computed at once by ``encode_sparse`` (16 MiB of float32): chunks of
 #: ~1k rows keep the post-matmul passes (mask, nonzero, topk) in cache and memory bounded.
 _CHUNK_ELEMENTS = 1 << 22
+#: ... but never fewer rows than this per matmul: sgemm on a 64-row slice of a wide SAE
+#: (d_sae 65536) runs at less than half the speed of a 1024-row one (bench/sae.py), which
+#: costs more than the bigger chunk (256 MiB of h at d_sae 65536) saves.
+_MIN_CHUNK_ROWS = 1024
 
 
 class Registry(Generic[T]):
@@ -90,7 +89,10 @@ class Registry(Generic[T]):
 
 
 class SparseCodes(NamedTuple):
-    """COO activations of a batch: strictly positive values, ordered by token then latent."""
+    """COO activations of a batch: the nonzero values, ordered by token then latent.
+
+    Values are strictly positive for every architecture but ``abstopk``, whose latents are
+    signed (it keeps the k largest ``|h|`` without a ReLU)."""
 
     token_idx: torch.Tensor  # int64 [nnz]
     latent_idx: torch.Tensor  # int64 [nnz]
@@ -127,6 +129,31 @@ def register_architecture(name: str) -> Callable[[type[Architecture]], type[Arch
     return decorate
 
 
+def _coo(mask: torch.Tensor, values: torch.Tensor, cols: torch.Tensor | None = None) -> SparseCodes:
+    """The entries of ``values [n, m]`` where ``mask`` holds, as COO in row-major order; the
+    latent is the column, or ``cols[row, column]`` when given (top-k indices).
+
+    On CPU numpy does it: ``flatnonzero`` + ``divmod`` is one pass over the mask and ~5x less
+    CPU time than torch's ``nonzero`` + ``//`` + ``%`` + indexing (bench/sae.py)."""
+    if mask.device.type != "cpu":
+        rows, pos = torch.nonzero(mask, as_tuple=True)
+        lat = pos if cols is None else cols[rows, pos]
+        return SparseCodes(rows, lat, values[rows, pos])
+    flat = np.flatnonzero(mask.numpy())
+    rows, pos = np.divmod(flat, mask.shape[1])
+    lat = pos if cols is None else cols.numpy().reshape(-1)[flat]
+    vals = values.numpy().reshape(-1)[flat]
+    return SparseCodes(torch.from_numpy(rows), torch.from_numpy(lat), torch.from_numpy(vals))
+
+
+def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """``h = x' W_enc + b_enc`` as SAELens computes it: the matmul, then the bias added. A
+    fused ``addmm`` rounds differently, which flips the sign of the odd ``h`` within an ulp
+    of 0 (a latent that fires in SAELens and not here, at values ~1e-7); the separate add
+    costs one pass over ``h``, small next to the matmul."""
+    return torch.mm(x, sae.W_enc).add_(sae.b_enc)
+
+
 class MaskedArchitecture(Architecture):
     """An architecture whose activation is ``pre`` where ``mask`` holds and 0 elsewhere."""
 
@@ -140,9 +167,7 @@ class MaskedArchitecture(Architecture):
 
     def sparse(self, sae: SAE, x: torch.Tensor) -> SparseCodes:
         pre, mask = self.masked(sae, x)
-        flat = torch.nonzero(mask.view(-1)).squeeze(1)  # row-major: token, then latent
-        d_sae = pre.shape[1]
-        return SparseCodes(flat // d_sae, flat % d_sae, pre.view(-1)[flat])
+        return _coo(mask, pre)
 
 
 @register_architecture("standard")
@@ -152,7 +177,7 @@ class Standard(MaskedArchitecture):
     tensors = ("b_enc",)
 
     def masked(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = torch.addmm(sae.b_enc, x, sae.W_enc)
+        pre = _pre_acts(sae, x)
         return pre, pre > 0
 
 
@@ -164,7 +189,7 @@ class JumpReLU(MaskedArchitecture):
 
     def masked(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert sae.threshold is not None
-        pre = torch.addmm(sae.b_enc, x, sae.W_enc)
+        pre = _pre_acts(sae, x)
         return pre, pre > sae.threshold.clamp_min(0.0)
 
 
@@ -193,7 +218,7 @@ class TopK(Architecture):
 
     def _topk(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert sae.k is not None
-        pre = torch.addmm(sae.b_enc, x, sae.W_enc)
+        pre = _pre_acts(sae, x)
         if sae.rescale_acts_by_decoder_norm:
             pre.mul_(sae.W_dec.norm(dim=1))
         values, idx = pre.topk(sae.k, dim=1, sorted=False)
@@ -208,9 +233,60 @@ class TopK(Architecture):
         values, idx = self._topk(sae, x)
         idx, order = idx.sort(dim=1)
         values = values.gather(1, order)
-        keep = values > 0
-        tokens = torch.arange(x.shape[0]).unsqueeze(1).expand_as(idx)
-        return SparseCodes(tokens[keep], idx[keep], values[keep])
+        return _coo(values > 0, values, idx)
+
+
+@register_architecture("abstopk")
+class AbsTopK(TopK):
+    """Keep the k largest ``|h|`` (times ``||W_dec[i]||`` if rescaling) with their sign; no ReLU."""
+
+    def _topk(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert sae.k is not None
+        pre = _pre_acts(sae, x)
+        if sae.rescale_acts_by_decoder_norm:
+            pre.mul_(sae.W_dec.norm(dim=1))
+        idx = pre.abs().topk(sae.k, dim=1, sorted=False).indices
+        return pre.gather(1, idx), idx
+
+    def dense(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
+        values, idx = self._topk(sae, x)
+        out = torch.zeros(x.shape[0], sae.d_sae, dtype=values.dtype)
+        return out.scatter_(1, idx, values)
+
+    def sparse(self, sae: SAE, x: torch.Tensor) -> SparseCodes:
+        values, idx = self._topk(sae, x)
+        idx, order = idx.sort(dim=1)
+        values = values.gather(1, order)
+        return _coo(values != 0, values, idx)
+
+
+@register_architecture("groupmax")
+class GroupMax(Architecture):
+    """sparsify's groupmax: split ``h`` into k equal groups of consecutive latents and keep
+    each group's largest value, then ReLU."""
+
+    tensors = ("b_enc",)
+
+    def _groupmax(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert sae.k is not None
+        pre = _pre_acts(sae, x)
+        values, idx = pre.view(x.shape[0], sae.k, -1).max(dim=2)
+        return values, idx + torch.arange(0, sae.d_sae, sae.d_sae // sae.k)
+
+    def dense(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
+        values, idx = self._groupmax(sae, x)
+        out = torch.zeros(x.shape[0], sae.d_sae, dtype=values.dtype)
+        return out.scatter_(1, idx, values.relu_())
+
+    def sparse(self, sae: SAE, x: torch.Tensor) -> SparseCodes:
+        values, idx = self._groupmax(sae, x)  # idx is already ascending within a row
+        return _coo(values > 0, values, idx)
+
+
+#: Architectures that rank latents per token and take ``k`` (and may rescale by the decoder
+#: norm); groupmax takes ``k`` (its number of groups) too.
+TOPK_ARCHITECTURES = ("topk", "abstopk")
+K_ARCHITECTURES = (*TOPK_ARCHITECTURES, "groupmax")
 
 
 # --- the SAE --------------------------------------------------------------------------------
@@ -240,8 +316,9 @@ class SAE:
     ``k`` and ``rescale_acts_by_decoder_norm`` are topk's. With ``normalize_activations ==
     "expected_average_only_in"`` the tensors already have ``norm_scaling_factor`` folded in
     (see the module docstring). ``metadata`` is the cfg's (model_name, hook_name, ...).
-    ``weights_sha256`` is the sha256 of the sae_weights.safetensors file this SAE was last
-    loaded from or saved to (None for an SAE built in memory).
+    ``weights_sha256`` is the sha256 of the weights file this SAE was last loaded from or
+    saved to, and ``format`` the name of its on-disk format (both None for an SAE built in
+    memory).
     """
 
     architecture: str
@@ -260,6 +337,7 @@ class SAE:
     norm_scaling_factor: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None
+    format: str | None = None
 
     def __post_init__(self) -> None:
         arch = ARCHITECTURES[self.architecture]
@@ -282,9 +360,18 @@ class SAE:
                     f"tensor '{name}' has shape {got}, expected {shape} "
                     f"(d_in={d_in}, d_sae={d_sae})"
                 )
-        if self.architecture == "topk":
+        if self.architecture in K_ARCHITECTURES:
             if type(self.k) is not int or not 1 <= self.k <= d_sae:
-                raise ModelError(f"a topk SAE needs an integer k in [1, {d_sae}], got {self.k!r}")
+                raise ModelError(
+                    f"a {self.architecture} SAE needs an integer k in [1, {d_sae}], got {self.k!r}"
+                )
+            if self.architecture == "groupmax" and (
+                d_sae % self.k or self.rescale_acts_by_decoder_norm
+            ):
+                raise ModelError(
+                    f"a groupmax SAE needs d_sae ({d_sae}) divisible by k ({self.k}) and "
+                    "no rescale_acts_by_decoder_norm"
+                )
         elif self.k is not None or self.rescale_acts_by_decoder_norm:
             raise ModelError(
                 f"k and rescale_acts_by_decoder_norm apply to topk SAEs only, "
@@ -337,7 +424,7 @@ class SAE:
             "normalize_activations": normalize,
             "reshape_activations": "none",
         }
-        if self.architecture == "topk":
+        if self.architecture in K_ARCHITECTURES:
             cfg["k"] = self.k
             cfg["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
         cfg["metadata"] = metadata
@@ -366,9 +453,10 @@ class SAE:
             return ARCHITECTURES[self.architecture].dense(self, self.preprocess(x))
 
     def encode_sparse(self, x: torch.Tensor) -> SparseCodes:
-        """Strictly positive activations of ``x [n, d_in]`` as COO, by token then latent."""
+        """Nonzero activations of ``x [n, d_in]`` as COO, by token then latent (strictly
+        positive but for abstopk)."""
         arch = ARCHITECTURES[self.architecture]
-        rows = max(1, _CHUNK_ELEMENTS // self.d_sae)
+        rows = max(_MIN_CHUNK_ROWS, _CHUNK_ELEMENTS // self.d_sae)
         with torch.inference_mode():
             if x.shape[0] <= rows:
                 return arch.sparse(self, self.preprocess(x))
@@ -388,233 +476,25 @@ class SAE:
             return torch.addmm(self.b_dec, f, self.W_dec)
 
 
-# --- the SAELens directory format -----------------------------------------------------------
+# --- on-disk formats, re-exported -----------------------------------------------------------
 
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _v6_cfg(raw: dict[str, Any], source: Path) -> dict[str, Any]:
-    """A SAELens cfg.json (v6, or legacy flat < 6.0) as a v6-shaped dict."""
-    if isinstance(raw.get("metadata"), dict):
-        return {**raw, "metadata": dict(raw["metadata"])}
-    rest = dict(raw)  # legacy: every key not in the v6 top level goes to metadata
-    hook_name = rest.pop("hook_name", None) or rest.pop("hook_point", None)
-    rest.pop("hook_point", None)
-    act_fn = rest.pop("activation_fn", None) or rest.pop("activation_fn_str", None) or "relu"
-    rest.pop("activation_fn_str", None)
-    act_kwargs = rest.pop("activation_fn_kwargs", None) or {}
-    cfg: dict[str, Any] = {"architecture": rest.pop("architecture", None) or "standard"}
-    if act_fn == "topk":
-        cfg["architecture"] = "topk"
-        cfg["k"] = act_kwargs.get("k", rest.pop("k", None))
-    elif act_fn != "relu":
-        raise ModelError(f"{source}: activation_fn {act_fn!r} is not supported (relu, topk)")
-    normalize = rest.pop("normalize_activations", "none")
-    if normalize is True:
-        normalize = "expected_average_only_in"
-    elif normalize in (False, None):
-        normalize = "none"
-    cfg["normalize_activations"] = normalize
-    cfg["apply_b_dec_to_input"] = rest.pop("apply_b_dec_to_input", True)
-    for key in ("d_in", "d_sae", "dtype", "reshape_activations", "rescale_acts_by_decoder_norm"):
-        if key in rest:
-            cfg[key] = rest.pop(key)
-    rest.pop("device", None)
-    cfg["metadata"] = {"hook_name": hook_name, **rest}
-    return cfg
-
-
-def load_saelens(path: str | Path, *, norm_scaling_factor: float | None = None) -> SAE:
-    """Load a SAELens directory (cfg.json + sae_weights.safetensors; v6 or legacy cfg).
-
-    ``norm_scaling_factor`` is needed for ``expected_average_only_in`` SAEs whose cfg does not
-    carry it (SAELens keeps it in the release's pretrained_saes.yaml); it is folded in.
-    """
-    path = Path(path)
-    cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise ModelError(
-                f"{p} does not exist: a SAELens SAE directory holds {CFG_FILE} and {WEIGHTS_FILE}"
-            )
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{cfg_path}: cannot read it as JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ModelError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
-    cfg = _v6_cfg(raw, cfg_path)
-    try:
-        arch = ARCHITECTURES[cfg["architecture"]].name
-    except RegistryError as exc:
-        raise RegistryError(f"{cfg_path}: {exc}") from None
-    for key in ("d_in", "d_sae") + (("k",) if arch == "topk" else ()):
-        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
-            raise ModelError(f"{cfg_path}: '{key}' must be an integer, got {cfg.get(key)!r}")
-    if cfg.get("reshape_activations", "none") != "none":
-        raise ModelError(
-            f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} "
-            "is not supported (residual-stream SAEs only)"
-        )
-    metadata = cfg["metadata"]
-    normalize = cfg.get("normalize_activations", "none")
-    folded = metadata.pop(_FOLDED_KEY, None)  # written by save_saelens: already folded
-    fold: float | None = None
-    if normalize == "expected_average_only_in":
-        for fold in (
-            norm_scaling_factor,
-            cfg.get("norm_scaling_factor"),
-            metadata.get("norm_scaling_factor"),
-        ):
-            if fold is not None:
-                break
-        if fold is None:
-            raise ModelError(
-                f"{cfg_path}: normalize_activations is 'expected_average_only_in' "
-                "but no norm_scaling_factor is given; pass norm_scaling_factor= "
-                "(the release's value in SAELens pretrained_saes.yaml)"
-            )
-    elif norm_scaling_factor is not None:
-        raise ModelError(
-            f"{cfg_path}: norm_scaling_factor given, but normalize_activations "
-            f"is {normalize!r}, not 'expected_average_only_in'"
-            + (" (its weights already fold one in)" if folded is not None else "")
-        )
-    elif normalize == "none" and folded is not None:
-        normalize = "expected_average_only_in"
-    scaling = fold if fold is not None else folded
-
-    sha = sha256_file(weights_path)
-    try:
-        stored = load_file(weights_path)
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelError(f"{weights_path}: cannot read safetensors ({exc})") from exc
-    if "threshold" not in stored and "log_threshold" in stored:
-        stored["threshold"] = stored["log_threshold"].float().exp()
-    tensors: dict[str, torch.Tensor] = {}
-    for key, shape in expected_shapes(arch, cfg["d_in"], cfg["d_sae"]).items():
-        if key not in stored:
-            raise ModelError(
-                f"{weights_path} has no tensor '{key}', which a {arch} SAE needs "
-                f"(it holds: {', '.join(sorted(stored)) or 'nothing'})"
-            )
-        t = stored[key]
-        if not t.is_floating_point():
-            raise ModelError(f"{weights_path}: tensor '{key}' has dtype {t.dtype}, not float")
-        if key == "threshold" and t.numel() == 1:
-            t = t.reshape(()).expand(shape)
-        if tuple(t.shape) != shape:
-            raise ModelError(
-                f"{weights_path}: tensor '{key}' has shape {tuple(t.shape)}, but "
-                f"{CFG_FILE} (d_in={cfg['d_in']}, d_sae={cfg['d_sae']}) means "
-                f"{shape}"
-            )
-        tensors[key] = t.to(torch.float32)
-    if fold is not None:
-        tensors["W_enc"] = tensors["W_enc"] * fold
-        tensors["W_dec"] = tensors["W_dec"] / fold
-        tensors["b_dec"] = tensors["b_dec"] / fold
-    try:
-        return SAE(
-            architecture=arch,
-            **tensors,
-            k=cfg.get("k") if arch == "topk" else None,
-            rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
-            apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-            normalize_activations=normalize,
-            norm_scaling_factor=None if scaling is None else float(scaling),
-            metadata=metadata,
-            weights_sha256=sha,
-        )
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from None
-
-
-def save_saelens(sae: SAE, path: str | Path, dtype: str = "float32") -> Path:
-    """Write ``sae`` as a SAELens v6 directory (weights cast to ``dtype``); sets and returns
-    the directory. ``sae.weights_sha256`` becomes the sha256 of the written weights file."""
-    if dtype not in SAVE_DTYPES:
-        raise ConfigError(
-            f"dtype {dtype!r} is not supported. Valid dtypes are: {', '.join(SAVE_DTYPES)}"
-        )
-    cfg = {**sae.cfg, "dtype": dtype}
-    try:
-        cfg_text = json.dumps(cfg, indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"SAE metadata cannot be written as JSON ({exc})") from exc
-    tensors = {name: t.to(SAVE_DTYPES[dtype]).contiguous() for name, t in sae.tensors().items()}
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ModelError(f"tensor '{name}' has values that do not fit {dtype}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    weights_path = path / WEIGHTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".sae_weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, weights_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    (path / CFG_FILE).write_text(cfg_text, encoding="utf-8")
-    sae.weights_sha256 = sha256_file(weights_path)
-    return path
-
-
-# --- format registry ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SAEFormat:
-    """An on-disk SAE format: how to recognise a path and how to load it."""
-
-    name: str
-    expects: str  # what the path must hold, for error messages
-    detect: Callable[[Path], bool]
-    load: Callable[..., SAE]  # load(path, *, norm_scaling_factor=None) -> SAE
-
-
-SAE_FORMATS: Registry[SAEFormat] = Registry("SAE format", "SAE formats")
-
-
-def register_sae_format(fmt: SAEFormat) -> SAEFormat:
-    """Add an SAE format to ``SAE_FORMATS`` (no duplicates)."""
-    return SAE_FORMATS.add(fmt.name, fmt)
-
-
-register_sae_format(
-    SAEFormat(
-        name="saelens",
-        expects=f"a directory with {CFG_FILE} and {WEIGHTS_FILE}",
-        detect=lambda p: (p / WEIGHTS_FILE).is_file(),
-        load=load_saelens,
-    )
+_FORMAT_NAMES = (
+    "CFG_FILE",
+    "SAE_FORMATS",
+    "SAVE_DTYPES",
+    "SAEFormat",
+    "WEIGHTS_FILE",
+    "load_sae",
+    "load_saelens",
+    "register_sae_format",
+    "save_saelens",
+    "sha256_file",
 )
 
 
-def load_sae(
-    path: str | Path, format: str | None = None, *, norm_scaling_factor: float | None = None
-) -> SAE:
-    """Load an SAE from ``path`` in ``format``, or in the first format that recognises it."""
-    path = Path(path)
-    if format is not None:
-        return SAE_FORMATS[format].load(path, norm_scaling_factor=norm_scaling_factor)
-    if not path.exists():
-        raise ModelError(f"SAE path {path} does not exist")
-    for name in SAE_FORMATS:
-        fmt = SAE_FORMATS[name]
-        if fmt.detect(path):
-            return fmt.load(path, norm_scaling_factor=norm_scaling_factor)
-    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    expected = "; ".join(f"{SAE_FORMATS[n].name}: {SAE_FORMATS[n].expects}" for n in SAE_FORMATS)
-    raise ModelError(
-        f"No SAE found in {path}. Expected {expected}. It holds: {', '.join(held) or 'nothing'}"
-    )
+def __getattr__(name: str) -> Any:
+    """``ingest.sae.load_sae`` etc.: the format names live in ``ingest.sae_formats`` (imported
+    lazily, since that module imports this one)."""
+    if name in _FORMAT_NAMES:
+        return getattr(importlib.import_module("ingest.sae_formats"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

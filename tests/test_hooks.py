@@ -15,9 +15,14 @@ from saedb.errors import ModelError
         ("blocks.3.hook_resid_pre", 3, "resid_pre", 3),
         ("blocks.12.hook_resid_post", 12, "resid_post", 13),
         ("layers.5", 5, "resid_post", 6),
+        ("h.5", 5, "resid_post", 6),
+        ("model.layers.2", 2, "resid_post", 3),
+        ("embed_tokens", 0, "resid_pre", 0),
+        ("blocks.4.hook_mlp_out", 4, "mlp_out", None),
+        ("layers.4.mlp", 4, "mlp_out", None),
     ],
 )
-def test_parse_supported(name: str, layer: int, kind: str, hidden_index: int) -> None:
+def test_parse_supported(name: str, layer: int, kind: str, hidden_index: int | None) -> None:
     hook = parse_hook(name)
     assert hook == HookPoint(layer=layer, kind=kind)  # type: ignore[arg-type]
     assert hook.hidden_states_index == hidden_index
@@ -32,12 +37,13 @@ def test_sparsify_layer_is_resid_post() -> None:
     "name",
     [
         "blocks.3.attn.hook_z",
-        "blocks.3.hook_mlp_out",
         "blocks.3.hook_resid_mid",
+        "blocks.3.hook_attn_out",
+        "blocks.3.mlp.hook_post",
+        "layers.3.self_attn",
         "blocks.x.hook_resid_pre",
         "blocks.3.hook_resid_pre.extra",
-        "layers.3.mlp",
-        "embed_tokens",
+        "layers.3.mlp.down_proj",
         "",
     ],
 )
@@ -52,3 +58,132 @@ def test_unsupported_hooks_say_what_is_supported(name: str) -> None:
 def test_non_string_hook() -> None:
     with pytest.raises(ModelError, match="Unsupported SAE hook None"):
         parse_hook(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("blocks.3.attn.hook_z", "inside the attention block"),
+        ("blocks.3.hook_q_input", "inside the attention block"),
+        ("layers.3.self_attn", "inside the attention block"),
+        ("blocks.3.hook_resid_mid", "between attention and MLP"),
+        ("blocks.3.mlp.hook_post", "inside the MLP block"),
+        ("blocks.0.ln1.hook_normalized", "inside a layer norm"),
+    ],
+)
+def test_refused_hooks_say_why(name: str, why: str) -> None:
+    with pytest.raises(ModelError, match="cannot be honoured") as exc:
+        parse_hook(name)
+    assert why in str(exc.value) and "blocks.L.hook_mlp_out" in str(exc.value)
+
+
+# --- capture on real (tiny, randomly initialised) HF transformers models -----------------
+
+
+def tiny_model(kind: str):
+    """A 3-layer model of a real HF architecture, random weights (built from its config)."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+    )
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaModel(cfg)
+    else:
+        cfg = transformers.Gemma2Config(**common, query_pre_attn_scalar=8)
+        model = transformers.Gemma2Model(cfg)
+    model.eval()
+    # random norm weights, so that a wrongly applied norm cannot pass unnoticed
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    return model, ids
+
+
+def input_of(module, model, ids):
+    """The input of ``module`` in a full forward pass (our own independent hook)."""
+    got = []
+    handle = module.register_forward_pre_hook(
+        lambda _m, args, kwargs: got.append(args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True,
+    )
+    try:
+        model(input_ids=ids)
+    finally:
+        handle.remove()
+    return got[0]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_capture_matches_hidden_states(kind: str) -> None:
+    import torch
+
+    from ingest.hooks import capture
+    from ingest.reader import _find_layers
+
+    model, ids = tiny_model(kind)
+    layers = _find_layers(model)
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        assert len(hs) == 4
+        for layer in range(3):
+            pre = capture(
+                model, layers, parse_hook(f"blocks.{layer}.hook_resid_pre"), input_ids=ids
+            )
+            torch.testing.assert_close(pre, hs[layer])
+        for layer in range(2):
+            post = capture(model, layers, parse_hook(f"layers.{layer}"), input_ids=ids)
+            torch.testing.assert_close(post, hs[layer + 1])
+        # the last layer: HF's hidden_states[-1] has the final norm applied, the hook has not
+        last = capture(model, layers, parse_hook("blocks.2.hook_resid_post"), input_ids=ids)
+        assert not torch.allclose(last, hs[3], atol=1e-3)
+        torch.testing.assert_close(model.norm(last), hs[3])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_capture_mlp_out_is_the_mlp_contribution(kind: str) -> None:
+    """resid_post(L) = resid_mid(L) + mlp_out(L), with resid_mid read independently as the
+    input of the norm before the MLP."""
+    import torch
+
+    from ingest.hooks import capture
+    from ingest.reader import _find_layers
+
+    model, ids = tiny_model(kind)
+    layers = _find_layers(model)
+    pre_mlp_norm = "pre_feedforward_layernorm" if kind == "gemma2" else "post_attention_layernorm"
+    with torch.no_grad():
+        for layer in range(3):
+            mlp = capture(model, layers, parse_hook(f"blocks.{layer}.hook_mlp_out"), input_ids=ids)
+            assert mlp.shape == (2, 7, 32)
+            assert capture(model, layers, parse_hook(f"layers.{layer}.mlp"), input_ids=ids).equal(
+                mlp
+            )
+            post = capture(model, layers, parse_hook(f"layers.{layer}"), input_ids=ids)
+            mid = input_of(getattr(layers[layer], pre_mlp_norm), model, ids)
+            torch.testing.assert_close(mid + mlp, post)
+
+
+def test_capture_refuses_missing_layer_and_mlp() -> None:
+    import torch
+
+    from ingest.hooks import HookPoint, capture, hook_module
+
+    model, ids = tiny_model("llama")
+    layers = model.layers
+    with pytest.raises(ModelError, match="layer 5 does not exist"):
+        capture(model, layers, parse_hook("layers.5"), input_ids=ids)
+    with pytest.raises(ModelError, match="have no 'mlp' module"):
+        hook_module(torch.nn.Linear(2, 2), HookPoint(0, "mlp_out"), "bert")

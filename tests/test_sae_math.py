@@ -16,6 +16,7 @@ from saedb.errors import ModelError, RegistryError
 N, D_IN, D_SAE, K = 40, 16, 64, 6
 MODES = ("none", "constant_norm_rescale", "layer_norm", "expected_average_only_in")
 SCALE = 2.5  # the norm_scaling_factor used for expected_average_only_in
+GROUPS = 8  # k of groupmax SAEs: its number of groups (D_SAE must divide by it)
 
 
 def random_params(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -70,9 +71,20 @@ def reference_encode(
         return np.maximum(h, 0.0)
     if arch == "jumprelu":
         return np.maximum(h, 0.0) * (h > q["threshold"])
-    assert arch == "topk"
+    if arch == "groupmax":  # k groups of consecutive latents, each keeps its max, then ReLU
+        groups = h.reshape(len(h), GROUPS, -1)
+        best = groups.argmax(axis=2)[..., None]
+        f = np.zeros_like(groups)
+        np.put_along_axis(f, best, np.take_along_axis(groups, best, axis=2), axis=2)
+        return np.maximum(f.reshape(h.shape), 0.0)
+    assert arch in ("topk", "abstopk")
     if rescale:
         h = h * np.linalg.norm(q["W_dec"], axis=1)
+    if arch == "abstopk":  # the k largest |h|, signed, no ReLU
+        top = np.argsort(-np.abs(h), axis=1)[:, :k]
+        f = np.zeros_like(h)
+        np.put_along_axis(f, top, np.take_along_axis(h, top, axis=1), axis=1)
+        return f
     top = np.argsort(-h, axis=1)[:, :k]
     f = np.zeros_like(h)
     np.put_along_axis(f, top, np.take_along_axis(h, top, axis=1), axis=1)
@@ -99,7 +111,7 @@ def make_sae(
     return SAE(
         architecture=arch,
         **t,
-        k=k if arch == "topk" else None,
+        k=GROUPS if arch == "groupmax" else k if arch in ("topk", "abstopk") else None,
         rescale_acts_by_decoder_norm=rescale,
         apply_b_dec_to_input=apply_b_dec,
         normalize_activations=normalize,
@@ -117,7 +129,7 @@ def assert_matches(sae: SAE, x: np.ndarray, ref: np.ndarray) -> None:
     dense = sae.encode(torch.from_numpy(x))
     assert dense.dtype == torch.float32 and dense.shape == (N, D_SAE)
     got = dense.numpy()
-    np.testing.assert_array_equal(got > 0, ref > 0)
+    np.testing.assert_array_equal(got != 0, ref != 0)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     tok, lat, val = sae.encode_sparse(torch.from_numpy(x))
     assert tok.dtype == lat.dtype == torch.int64 and val.dtype == torch.float32
@@ -125,7 +137,11 @@ def assert_matches(sae: SAE, x: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_array_equal(tok.numpy(), rows)
     np.testing.assert_array_equal(lat.numpy(), cols)
     np.testing.assert_array_equal(val.numpy(), got[rows, cols])
-    assert (val > 0).all()
+    assert (val != 0).all()
+    if sae.architecture != "abstopk":
+        assert (val > 0).all()
+    else:
+        assert (val < 0).any() and (val > 0).any()  # signed latents survive
 
 
 CASES = list(itertools.product(sorted(ARCHITECTURES), MODES))
@@ -135,7 +151,7 @@ CASES = list(itertools.product(sorted(ARCHITECTURES), MODES))
 def test_encode_matches_reference(arch: str, normalize: str) -> None:
     p, x = random_params(arch), inputs()
     ref = reference_encode(p, arch, x, normalize=normalize)
-    assert 0 < (ref > 0).sum() < ref.size  # the test data has both signs
+    assert 0 < (ref != 0).sum() < ref.size  # the test data has both signs
     assert_matches(make_sae(p, arch, normalize=normalize), x, ref)
 
 
@@ -198,6 +214,7 @@ def test_encode_sparse_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     sae = make_sae(p, "standard")
     whole = sae.encode_sparse(torch.from_numpy(x))
     monkeypatch.setattr(sae_mod, "_CHUNK_ELEMENTS", D_SAE * 7)  # 7 rows at a time
+    monkeypatch.setattr(sae_mod, "_MIN_CHUNK_ROWS", 1)
     chunked = sae.encode_sparse(torch.from_numpy(x))
     assert torch.equal(whole.token_idx, chunked.token_idx)
     assert torch.equal(whole.latent_idx, chunked.latent_idx)
@@ -229,13 +246,14 @@ def test_expected_average_only_in_decodes_to_the_raw_space() -> None:
 
 
 def test_architecture_registry() -> None:
-    assert sorted(ARCHITECTURES) == ["gated", "jumprelu", "standard", "topk"]
+    assert sorted(ARCHITECTURES) == ["abstopk", "gated", "groupmax", "jumprelu", "standard", "topk"]
     with pytest.raises(RegistryError, match="Architecture 'standard' is already registered"):
         register_architecture("standard")(type("Again", (sae_mod.Architecture,), {}))
     with pytest.raises(RegistryError) as exc:
         make_sae(random_params("standard"), "relu")
     assert str(exc.value) == (
-        "Architecture 'relu' not found. Valid architectures are: gated, jumprelu, standard, topk"
+        "Architecture 'relu' not found. Valid architectures are: "
+        "abstopk, gated, groupmax, jumprelu, standard, topk"
     )
 
 

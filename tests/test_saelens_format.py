@@ -302,7 +302,7 @@ def test_unknown_architecture_lists_valid_names(tmp_path: Path) -> None:
     assert str(path / "cfg.json") in str(exc.value)
     assert (
         "Architecture 'jumprelu_skip_transcoder' not found. Valid architectures are: "
-        "gated, jumprelu, standard, topk" in str(exc.value)
+        "abstopk, gated, groupmax, jumprelu, standard, topk" in str(exc.value)
     )
 
 
@@ -324,11 +324,19 @@ def test_load_sae_detection_errors(tmp_path: Path) -> None:
     assert str(tmp_path / "empty") in message
     assert "saelens: a directory with cfg.json and sae_weights.safetensors" in message
     assert "It holds: cfg.json" in message
-    with pytest.raises(RegistryError, match="Valid SAE formats are: saelens"):
-        load_sae(tmp_path / "empty", format="sparsify")
+    with pytest.raises(RegistryError, match="Valid SAE formats are: dictionary_learning, "):
+        load_sae(tmp_path / "empty", format="sparsify-v0")
 
 
 def test_format_registry_refuses_duplicates() -> None:
-    assert list(SAE_FORMATS) == ["saelens"]
+    assert list(SAE_FORMATS) == [
+        "dictionary_learning",
+        "gemmascope",
+        "gemmascope2",
+        "goodfire",
+        "llamascope",
+        "saelens",
+        "sparsify",
+    ]
     with pytest.raises(RegistryError, match="SAE format 'saelens' is already registered"):
         register_sae_format(SAEFormat("saelens", "", lambda p: False, load_saelens))
