@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.saedb-installed
 
-.PHONY: demo test lint bench venv clean default-sae
+.PHONY: demo test lint bench venv clean default-sae eval
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,19 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check saedb ingest tests bench
-	$(VENV)/bin/ruff format --check saedb ingest tests bench
+	$(VENV)/bin/ruff check saedb ingest tests bench eval
+	$(VENV)/bin/ruff format --check saedb ingest tests bench eval
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+
+# Ground-truth evaluation (eval/): ingests seeded samples of the Debian fortunes and wordnet-base
+# corpora and the npm spam-assassin corpus into cached stores under .cache/eval/, runs the five
+# studies and regenerates docs/evaluation.md + docs/img/eval_*.png (under 30 min on 2 cores).
+eval: $(STAMP)
+	@test -d /usr/share/games/fortunes -a -d /usr/share/wordnet || \
+		{ echo "first: apt-get install fortunes fortunes-min wordnet-base"; exit 1; }
+	$(PY) -m eval
 
 # Re-make the SAE that ships in ingest/default_sae (about 30 min on 2 cores). Needs the corpora
 # from Debian (apt-get install fortunes fortunes-min wordnet-base) and npm.
@@ -45,7 +53,7 @@ default-sae: $(STAMP)
 	$(PY) bench/corpora.py mix $(CORPORA) --package-dir $(CORPORA)/package
 	$(VENV)/bin/saedb train-sae $(CORPORA)/mix.jsonl --out ingest/default_sae \
 		--hook blocks.8.hook_resid_post --max-tokens 1000000 --d-sae 4096 --k 32 --epochs 3 \
-		--save-dtype float16
+		--save-dtype float16 --activations $(CORPORA)/acts.npy
 
 clean:
 	rm -rf $(VENV) demo.duckdb demo.duckdb.wal

@@ -3,11 +3,12 @@
     python bench/analyses.py [--docs 100000,1000000] [--per-doc 200] [--latents 16384]
                              [--datasets 4] [--zipf 1.0] [--seed 0] [--repeat 3]
                              [--min-count 5] [--full-npmi-max 100000] [--mem-cap-gb 14]
-                             [--keep DIR]
+                             [--keep DIR [--reuse]] [--analyses diff,retrieve,...]
 
 For each size in ``--docs`` it builds a synthetic store with ``bench/synthetic.py`` (Zipf-like
 latent popularity, ~``--per-doc`` latents per document, 4 datasets, positive max_act,
-doc_latents in the latent-clustered order ``Store.optimize()`` leaves) and measures, each in a
+doc_latents in the latent-clustered order ``Store.optimize()`` leaves, latent_counts
+recomputed as ``optimize`` does) and measures, each in a
 fresh Python process (its peak memory is that process's VmHWM; ``ru_maxrss`` would carry
 over the parent's peak through fork + exec), saedb's SQL and the
 same computation in numpy/scipy:
@@ -429,20 +430,45 @@ def fmt_s(seconds: float | None) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def reuse_store(store_path: Path) -> dict:
+    """What ``build_bulk_store`` reports, for a store kept by an earlier run (``--reuse``):
+    opened read-write once, so an older one is upgraded (its latent_counts backfilled)."""
+    import saedb
+
+    started = time.perf_counter()
+    saedb.open(store_path).close()
+    con = duckdb.connect(str(store_path), read_only=True)
+    try:
+        rows, fired = con.execute(
+            "SELECT count(*), count(DISTINCT latent_id) FROM doc_latents"
+        ).fetchall()[0]
+    finally:
+        con.close()
+    return {
+        "rows": int(rows),
+        "latents_fired": int(fired),
+        "bytes": store_path.stat().st_size,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> None:
     store_path = work / f"analyses-{n_docs}.duckdb"
-    if store_path.exists():
-        store_path.unlink()
-    built = build_bulk_store(
-        store_path,
-        docs=n_docs,
-        per_doc=args.per_doc,
-        latents=args.latents,
-        datasets=args.datasets,
-        zipf=args.zipf,
-        seed=args.seed,
-        memory_limit=args.build_memory_limit,
-    )
+    if args.reuse and store_path.exists():
+        built = reuse_store(store_path)
+    else:
+        if store_path.exists():
+            store_path.unlink()
+        built = build_bulk_store(
+            store_path,
+            docs=n_docs,
+            per_doc=args.per_doc,
+            latents=args.latents,
+            datasets=args.datasets,
+            zipf=args.zipf,
+            seed=args.seed,
+            memory_limit=args.build_memory_limit,
+        )
     shutil.rmtree(work / f"{store_path.name}.tmp", ignore_errors=True)
     con = duckdb.connect(str(store_path), read_only=True)
     try:
@@ -464,7 +490,7 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> None:
     spec_path.write_text(json.dumps(spec))
     cap = args.mem_cap_gb * 2**30
 
-    analyses = [a for a in ANALYSES if a != "full_npmi" or n_docs <= args.full_npmi_max]
+    analyses = [a for a in args.analyses if a != "full_npmi" or n_docs <= args.full_npmi_max]
     # full NPMI last: the refresh writes its pairs into the store
     analyses = [a for a in analyses if a != "full_npmi"] + (
         ["full_npmi"] if "full_npmi" in analyses else []
@@ -498,7 +524,12 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> None:
     print(
         f"- store: {built['rows']:,} doc_latents rows ({built['rows'] / n_docs:.1f} per "
         f"document), {built['latents_fired']:,} of {args.latents:,} latents fired, "
-        f"{built['bytes'] / 2**20:,.0f} MiB; built in {built['seconds']:.1f} s (bulk SQL)"
+        f"{built['bytes'] / 2**20:,.0f} MiB; "
+        + (
+            f"kept from an earlier run (--reuse), opened in {built['seconds']:.1f} s"
+            if args.reuse
+            else f"built in {built['seconds']:.1f} s (bulk SQL)"
+        )
     )
     print(
         f"- retrieve's 10 latents cover {touched:,} rows; npmi_targets: 100 targets, "
@@ -607,6 +638,17 @@ def main() -> None:
     ap.add_argument(
         "--build-memory-limit", default="8GB", help="DuckDB memory_limit while building a store"
     )
+    ap.add_argument(
+        "--analyses",
+        default=",".join(ANALYSES),
+        help=f"comma-separated analyses to measure (default: all of {', '.join(ANALYSES)})",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: measure the store an earlier run kept there instead of rebuilding it "
+        "(full NPMI writes its pairs into the store; the other analyses only read)",
+    )
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -619,6 +661,10 @@ def main() -> None:
     import scipy
 
     sizes = [int(s) for s in args.docs.split(",") if s.strip()]
+    args.analyses = [a.strip() for a in args.analyses.split(",") if a.strip()]
+    unknown = sorted(set(args.analyses) - set(ANALYSES))
+    if unknown:
+        ap.error(f"unknown analyses {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         work, tmp = args.keep, None
@@ -638,7 +684,7 @@ def main() -> None:
     print(
         f"- stores: {args.per_doc:g} latents per document on average, d_sae {args.latents:,}, "
         f"{args.datasets} datasets, zipf {args.zipf}, seed {args.seed}; doc_latents clustered "
-        "by (sae_id, latent_id, doc_id) as after `saedb optimize`"
+        "by (sae_id, latent_id, doc_id) and latent_counts recomputed, as after `saedb optimize`"
     )
     print(
         f"- each cell is its own Python process; times are the median of {args.repeat} runs "

@@ -17,7 +17,8 @@ distinct latents fire; 3% of the draws of a document of dataset k instead pick o
 latents boosted in that dataset, so ``diff`` has something to find. ``max_act`` is
 exponential (mean 2) plus 0.01, always positive. ``doc_latents`` is written in the order
 ``Store.optimize()`` leaves it, (sae_id, latent_id, doc_id): the latent-clustered layout
-docs/design.md recommends after a large ingest.
+docs/design.md recommends after a large ingest, and ``latent_counts`` is recomputed, as
+``optimize`` does.
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ def build_bulk_store(
             {"n": docs, "run": run_id},
         )
         store.finish_run(run_id, "done")
+        # the bulk INSERTs bypass write_batch, which keeps latent_counts in step: recompute it
+        # (what saedb optimize does after a large ingest)
+        store.refresh_latent_counts()
         con.execute("CHECKPOINT")
         n_rows = con.execute("SELECT count(*) FROM doc_latents").fetchall()[0][0]
         n_fired = con.execute(

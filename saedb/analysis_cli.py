@@ -19,6 +19,8 @@ import pyarrow as pa
 
 from saedb.errors import ConfigError, StoreError
 from saedb.output import render
+from saedb.query import AXIS_LATENTS, SEARCH_LATENTS
+from saedb.query_cli import add_rerank_options, add_selection_options
 
 _PLOT_HELP = "also draw the result into this PNG file"
 
@@ -74,6 +76,13 @@ def add_parsers(sub: Any, format_option: Callable[[argparse.ArgumentParser], Non
         help="recompute and store the pairs (latent_cooccurrence) for these datasets first",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar for --refresh")
+    p.add_argument(
+        "--max-label-similarity",
+        type=float,
+        metavar="X",
+        help="drop pairs whose labels are near-synonyms: label_similarity above X (pairs "
+        "without two embedded labels are kept)",
+    )
     _limit_option(p)
     _sae_option(p)
     format_option(p)
@@ -84,11 +93,20 @@ def add_parsers(sub: Any, format_option: Callable[[argparse.ArgumentParser], Non
         "cluster",
         help="cluster documents on which of chosen latents fired",
         description="Spectral clustering of the documents on the chosen latents (binary: "
-        "fired or not). The run and every document's cluster are stored (cluster_runs, "
-        "cluster_assignments); cluster -1 holds the documents where none of them fired.",
+        "fired or not), given as ids (--latents) or chosen by label similarity to an axis "
+        "(--axis 'tone'; needs labels: saedb label). The run and every document's cluster "
+        "are stored (cluster_runs, cluster_assignments); cluster -1 holds the documents "
+        "where none of them fired.",
     )
     p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
-    p.add_argument("--latents", required=True, metavar="IDS", help="latent ids, e.g. 1,2,3")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--latents", metavar="IDS", help="latent ids, e.g. 1,2,3")
+    which.add_argument(
+        "--axis",
+        metavar="TEXT",
+        help="cluster along this theme: on the latents whose labels are most similar to it",
+    )
+    add_selection_options(p, default_k=AXIS_LATENTS, what="--axis")
     p.add_argument("--k", type=int, default=5, help="number of clusters (default: 5)")
     _datasets_option(p)
     _threshold_option(p)
@@ -101,14 +119,21 @@ def add_parsers(sub: Any, format_option: Callable[[argparse.ArgumentParser], Non
 
     p = sub.add_parser(
         "search",
-        help="documents that score highest on weighted latents",
+        help="documents that score highest on weighted latents, or on a text query",
         description="Rank documents by sum(weight * max_act) over the latents of QUERY, "
-        "written as latent ids with optional weights: 12,40:2.0,77.",
+        "written as latent ids with optional weights (12,40:2.0,77), or as text "
+        "('computers'): then the latents whose labels are most similar to it are used, each "
+        "weighted by its similarity relative to the best (shown on stderr); this needs "
+        "labels (saedb label) and caches the query's embedding for SQL (latents_for_query).",
     )
     p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
-    p.add_argument("query", help="latent weights: ID or ID:WEIGHT, comma-separated")
+    p.add_argument(
+        "query", help="latent weights (ID or ID:WEIGHT, comma-separated), or a text query"
+    )
     p.add_argument("--k", type=int, default=10, help="documents to return (default: 10)")
     _datasets_option(p)
+    add_selection_options(p, default_k=SEARCH_LATENTS, what="a text query")
+    add_rerank_options(p)
     _sae_option(p)
     format_option(p)
     p.add_argument("--plot", metavar="FILE.png", help=_PLOT_HELP)
@@ -156,6 +181,13 @@ def parse_names(text: str | None) -> list[str] | None:
 _WEIGHT = re.compile(r"^\s*(\d+)\s*(?::\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
 
 
+def is_text_query(query: str) -> bool:
+    """True when ``query`` is text ('computers') rather than latent weights: no part of it
+    reads as ``ID`` or ``ID:WEIGHT`` and it has a letter."""
+    parts = query.split(",")
+    return not any(_WEIGHT.match(p) for p in parts) and re.search(r"[^\W\d_]", query) is not None
+
+
 def parse_weights(query: str) -> list[dict[str, Any]]:
     """``"12,40:2.0,77"`` -> ``[{latent_id: 12, weight: 1.0}, {40, 2.0}, {77, 1.0}]``."""
     if not query.strip():
@@ -164,12 +196,10 @@ def parse_weights(query: str) -> list[dict[str, Any]]:
     matches = [_WEIGHT.match(part) for part in query.split(",")]
     for part, m in zip(query.split(","), matches, strict=True):
         if m is None:
-            if not any(matches) and re.search(r"[^\W\d_]", query):
+            if is_text_query(query):
                 raise ConfigError(
-                    f"'{query}' is a text query: searching by text (query -> related latents "
-                    "through label embeddings) is not built yet; label latents with `saedb label`, "
-                    "look them up in current_labels, then "
-                    "search by latent weights instead, e.g. saedb search STORE 12,40:2.0,77"
+                    f"'{query}' is a text query, not latent weights: search it with "
+                    "saedb search STORE 'text' or Store.search('text') (by label similarity)"
                 )
             raise ConfigError(
                 f"cannot read '{part.strip()}' in '{query}': write latent ids with optional "
@@ -276,9 +306,17 @@ def cmd_correlations(args: argparse.Namespace) -> int:
         if args.targets is not None:
             params["targets"] = parse_ids(args.targets, "--targets")
             sql = f"SELECT * FROM npmi_targets($targets::INTEGER[], {common})"
+            order = "target_latent, npmi DESC, latent_id"
         else:
+            order = "npmi DESC, latent_i, latent_j"
             stored = _stored_pairs(store, args, params)
             sql, params = stored or (f"SELECT * FROM npmi({common})", params)
+        if args.max_label_similarity is not None:
+            sql = (
+                f"SELECT * FROM ({sql}) WHERE label_similarity IS NULL "
+                f"OR label_similarity <= $max_label_similarity::DOUBLE ORDER BY {order}"
+            )
+            params = params | {"max_label_similarity": args.max_label_similarity}
         table = store.arrow(_limited(sql, args.limit), params)
     return _emit(table, args, lambda fig: draw_npmi(fig, table))
 
@@ -290,6 +328,7 @@ def _stored_pairs(
     SAE and set of datasets (computed with the same threshold and at most this min_count),
     after recomputing them with --refresh; None when they must be computed on the fly."""
     from saedb.cooccurrence import refresh_cooccurrence, scope_name
+    from saedb.labels import EMBEDDING_MODEL
 
     scope = scope_name(params["datasets"])
     sae = params["sae"]
@@ -312,22 +351,46 @@ def _stored_pairs(
     )
     if not stored.column("n")[0].as_py():
         return None
+    # the columns of npmi, labels included (as latent_npmi shows them)
     sql = (
-        "SELECT latent_i, latent_j, n_i, n_j, n_both, n_docs, npmi FROM latent_cooccurrence "
-        "WHERE sae_id = resolve_sae($sae::INTEGER) AND scope = $scope "
-        "AND n_both >= greatest($min_count::INTEGER, 1) ORDER BY npmi DESC, latent_i, latent_j"
+        "SELECT p.latent_i, p.latent_j, p.n_i, p.n_j, p.n_both, p.n_docs, p.npmi, "
+        "li.label AS label_i, lj.label AS label_j, CAST(list_cosine_similarity(ei.embedding, "
+        "ej.embedding) AS DOUBLE) AS label_similarity FROM latent_cooccurrence AS p "
+        "LEFT JOIN current_labels AS li ON li.sae_id = p.sae_id AND li.latent_id = p.latent_i "
+        "LEFT JOIN current_labels AS lj ON lj.sae_id = p.sae_id AND lj.latent_id = p.latent_j "
+        "LEFT JOIN label_embeddings AS ei ON ei.label_id = li.label_id AND ei.model = $model "
+        "LEFT JOIN label_embeddings AS ej ON ej.label_id = lj.label_id AND ej.model = $model "
+        "WHERE p.sae_id = resolve_sae($sae::INTEGER) AND p.scope = $scope "
+        "AND p.n_both >= greatest($min_count::INTEGER, 1) "
+        "ORDER BY p.npmi DESC, p.latent_i, p.latent_j"
     )
-    return sql, key
+    return sql, key | {"model": EMBEDDING_MODEL}
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     from saedb.cli import _open, _require_store
     from saedb.cluster import NO_LATENT, cluster
 
-    latents = parse_ids(args.latents, "--latents")
     _positive(args.top, "--top")
+    _positive(args.latents_k, "--latents-k")
+    if args.axis is None and (args.latents_k != AXIS_LATENTS or args.min_similarity is not None):
+        raise ConfigError("--latents-k and --min-similarity choose latents for --axis; add --axis")
+    latents = parse_ids(args.latents, "--latents") if args.latents is not None else None
     _require_store(args.store)
     with _open(args.store, read_only=False) as store:
+        if args.axis is not None:
+            from saedb.query import choose_latents
+            from saedb.query_cli import show_latents
+
+            chosen = choose_latents(
+                store,
+                args.axis,
+                latents_k=args.latents_k,
+                sae=_sae_id(store, args.sae),
+                min_similarity=args.min_similarity,
+            )
+            show_latents(chosen, args.axis, weights=False)
+            latents = chosen.column("latent_id").to_pylist()
         result = cluster(
             store,
             latents,
@@ -351,8 +414,16 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from saedb.cli import _open
 
-    weights = parse_weights(args.query)
     _positive(args.k, "--k")
+    _positive(args.latents_k, "--latents-k")
+    if is_text_query(args.query):
+        return _search_text(args)
+    if args.rerank or args.min_similarity is not None or args.latents_k != SEARCH_LATENTS:
+        raise ConfigError(
+            "--rerank, --min-similarity and --latents-k are for text queries; "
+            f"'{args.query}' is latent weights"
+        )
+    weights = parse_weights(args.query)
     sql = (
         "SELECT * FROM retrieve($weights::STRUCT(latent_id INTEGER, weight DOUBLE)[], "
         "sae := $sae::INTEGER, k := $k::INTEGER, datasets := $datasets::VARCHAR[])"
@@ -365,6 +436,26 @@ def cmd_search(args: argparse.Namespace) -> int:
             "datasets": parse_names(args.datasets),
         }
         table = store.arrow(sql, params)
+    return _emit(table, args, lambda fig: draw_scores(fig, table, args.query))
+
+
+def _search_text(args: argparse.Namespace) -> int:
+    from saedb.query import search_text
+    from saedb.query_cli import open_for_query, rerank_config, show_latents
+
+    config = rerank_config(args)
+    with open_for_query(args.store) as store:
+        chosen, table = search_text(
+            store,
+            args.query,
+            k=args.k,
+            datasets=parse_names(args.datasets),
+            sae=_sae_id(store, args.sae),
+            latents_k=args.latents_k,
+            min_similarity=args.min_similarity,
+            rerank_config=config,
+        )
+    show_latents(chosen, args.query)
     return _emit(table, args, lambda fig: draw_scores(fig, table, args.query))
 
 

@@ -128,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train-sae",
-        help="train a TopK SAE on a reader's activations",
-        description="Collect the reader's residual-stream activations at a layer "
-        "over one or more corpus files (streamed to a .npy file), train a TopK SAE "
-        "with the AuxK loss against dead latents, report FVU / L0 / dead latents "
-        "per epoch and save it in SAELens format.",
+        help="train a TopK, BatchTopK or Matryoshka SAE on a reader's activations",
+        description="Stream the reader's residual-stream activations at a layer over "
+        "corpus files or a store's documents through a shuffle buffer, train a TopK, "
+        "BatchTopK or Matryoshka SAE with the AuxK loss against dead latents, report "
+        "FVU / L0 / dead latents per epoch, checkpoint (--resume continues) and save it "
+        "in SAELens format.",
     )
     p.add_argument(
         "corpus",
@@ -148,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     from saedb import analysis_cli, demo, label_cli
 
     analysis_cli.add_parsers(sub, _format_option)
+    __import__("saedb.query_cli").query_cli.add_parsers(sub, _format_option)
+    __import__("saedb.export_cli").export_cli.add_parsers(sub)
+    __import__("saedb.serve_cli").serve_cli.add_parser(sub)
     label_cli.add_parser(sub)
+    __import__("saedb.sae_cli").sae_cli.add_parser(sub, _format_option)
     demo.add_parser(sub)
     return ap
 
@@ -192,11 +197,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.config import IngestConfig
     from ingest.pipeline import run_ingest, summarize
     from saedb.options import build
-    from saedb.store import Store
+    from saedb.server.ingest_channel import open_for_ingest  # through saedb serve if one runs
 
     _require_store(args.store)
     cfg = build(IngestConfig, args, source=args.source, progress=not args.quiet)
-    with Store(args.store) as store:
+    with open_for_ingest(args.store) as store:
         result = run_ingest(store, cfg)
     summary = summarize(result)
     print(

@@ -68,6 +68,9 @@ class ClusterResult:
     ``n_in`` (documents of the cluster where it fired), ``freq_in`` (share of the cluster),
     ``freq_out`` (share of every other document, cluster -1 included), ``difference``
     (``freq_in - freq_out``); by cluster, then difference, largest first."""
+    axis_latents: pa.Table | None = None
+    """With a clustering axis (``Store.cluster(axis=...)``): the latents chosen for it, with
+    ``label``, ``similarity`` and ``weight`` (see ``saedb.query``); None otherwise."""
 
     @property
     def n_clusters(self) -> int:

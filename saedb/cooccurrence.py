@@ -24,12 +24,19 @@ per document) a SQL self-join took 166 s and 16 GB, and the result is nearly all
    more often than either of its latents) and builds the binary document x latent matrix X
    (scipy sparse, int32, one column per remaining latent);
 3. walks the columns in blocks of ``block_latents``: for the block [a, b) it computes
-   ``X[:, a:b].T @ X[:, a:]`` (only columns j >= a, since each pair is stored once with
-   i < j), keeps the cells with j > i and ``n_both >= min_count``, computes NPMI for those and
-   appends them through Arrow. Peak memory beyond X is bounded by one block's product,
-   ``block_latents x n_latents`` cells at ~15 bytes each (the default keeps that near 8M
-   cells, ~120 MB), and nothing below ``min_count`` is ever turned into rows. X itself costs
-   ~8 bytes per fired cell (20M cells: ~160 MB);
+   ``X[:, a:b].T @ X[:, s:]`` (only columns j >= s, where s <= a is where the right-hand
+   matrix was last cut, since each pair is stored once with i < j), keeps the cells with
+   j > i and ``n_both >= min_count``, computes NPMI for those and appends them through Arrow
+   (int32 columns where the values fit). Beyond X, memory is bounded by one block's product,
+   ``block_latents x n_latents`` cells and the temporaries of the pairs kept (the default
+   keeps that near 8M cells), and by DuckDB's memory_limit, lowered to
+   :data:`WRITE_MEMORY_LIMIT` while the pairs are written: left at its default (80% of RAM),
+   DuckDB holds the tens of millions of pairs appended in the transaction (~15 bytes each)
+   and its cache of ``doc_latents`` in memory until the commit. Nothing below ``min_count``
+   is ever turned into rows. X itself costs ~8 bytes per fired cell (20M cells: ~160 MB),
+   twice (CSC for the blocks, CSR for the right-hand side). At 100k documents x 16k latents
+   the refresh peaked at 1.8 GB against 2.7 GB with DuckDB's default limit and 4.2 GB for
+   scipy's ``X.T @ X`` (bench/analyses.py);
 4. replaces the rows of that (SAE, scope) in ``latent_cooccurrence`` and its row in
    ``latent_cooccurrence_scopes`` (the parameters used) in the same transaction: readers see
    the old pairs or the new ones, never a mix, and an interrupted refresh leaves the old ones.
@@ -62,6 +69,15 @@ ALL_DATASETS = "all"
 
 BLOCK_CELLS = 1 << 23
 """The default block holds about this many (block latent, latent) cells of the product."""
+
+WRITE_MEMORY_LIMIT = "256MB"
+"""DuckDB's memory_limit while the pairs are written: beyond it DuckDB flushes the appended
+rows to the file and drops cached blocks instead of holding them (tens of millions of pairs
+would otherwise hold ~15 bytes each until the commit). The previous limit is restored."""
+
+RESLICE_BLOCKS = 1
+"""The columns left of the current block are dropped from the right-hand matrix every this
+many blocks (dropping them copies the matrix; keeping them computes pairs for nothing)."""
 
 _BLOCK_VIEW = "_saedb_cooccurrence_block"
 
@@ -170,12 +186,17 @@ def refresh_cooccurrence(
     con = store.con
     _check_datasets(con, names)
 
+    memory_limit = None  # DuckDB's own, restored after the refresh
     try:
         con.execute("BEGIN TRANSACTION")
     except duckdb.Error as exc:
         raise StoreError(f"cannot start the co-occurrence transaction: {exc}") from exc
     try:
         n_docs, rows, latents = _read_fired(con, sae_id, names, float(threshold))
+        # DuckDB keeps what it read cached and the pairs appended so far in memory, up to its
+        # memory_limit (80% of RAM by default): bound that while the pairs are written
+        memory_limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        con.execute(f"SET memory_limit = '{WRITE_MEMORY_LIMIT}'")
         counts = np.bincount(latents) if latents.size else np.zeros(0, dtype=np.int64)
         kept = np.flatnonzero(counts >= min_pair).astype(np.int32)
         n_kept = int(kept.size)
@@ -183,13 +204,16 @@ def refresh_cooccurrence(
         column_of[kept] = np.arange(n_kept, dtype=np.int32)
         columns = column_of[latents]
         keep = columns >= 0
+        del latents
+        rows = rows[keep]
+        columns = columns[keep]
+        del keep
         matrix = sparse.csc_matrix(
-            (np.ones(int(keep.sum()), dtype=np.int32), (rows[keep], columns[keep])),
-            shape=(n_docs, n_kept),
+            (np.ones(rows.size, dtype=np.int32), (rows, columns)), shape=(n_docs, n_kept)
         )
-        del rows, latents, columns, keep
-        kept_counts = counts[kept].astype(np.int64)
-        log_counts = np.log(kept_counts.astype(np.float64))
+        del rows, columns
+        kept_counts32 = counts[kept].astype(np.int32)  # document counts: < 2**31
+        log_counts = np.log(kept_counts32.astype(np.float64))
         log_docs = math.log(n_docs) if n_docs else 0.0
 
         width = int(block_latents) if block_latents is not None else default_block_latents(n_kept)
@@ -202,7 +226,8 @@ def refresh_cooccurrence(
             [sae_id, scope],
         )
         n_pairs = 0
-        rest = matrix.tocsr()  # X[:, a:], shrinking as the blocks move right
+        rest = matrix.tocsr()  # X[:, rest_start:], shrinking as the blocks move right
+        rest_start = 0
         bar = tqdm(
             total=len(starts),
             desc=f"co-occurrence {scope[:30]}",
@@ -212,29 +237,36 @@ def refresh_cooccurrence(
         with bar:
             for a in starts:
                 b = min(a + width, n_kept)
-                # cell (r, c) of the product is the pair (a + r, a + c); only c > r is wanted
+                if a - rest_start >= RESLICE_BLOCKS * width:
+                    rest = rest[:, a - rest_start :]
+                    rest_start = a
+                # cell (r, c) of the product is the pair (a + r, rest_start + c); only pairs
+                # with rest_start + c > a + r are wanted
                 product = matrix[:, a:b].T @ rest
-                rest = rest[:, b - a :]
                 product.sort_indices()
                 r = np.repeat(np.arange(b - a, dtype=np.int32), np.diff(product.indptr))
-                wanted = (product.indices > r) & (product.data >= min_pair)
+                wanted = product.indices > r + (a - rest_start)
+                wanted &= product.data >= min_pair
                 i = r[wanted] + a
-                j = product.indices[wanted] + a
-                both = product.data[wanted].astype(np.int64)
-                del product, r, wanted
+                del r
+                j = product.indices[wanted] + rest_start
+                both = product.data[wanted]
+                del product, wanted
+                # int32 where the values fit (the INSERT widens them to the table's BIGINT)
                 block = pa.table(
                     {
                         "latent_i": pa.array(kept[i], pa.int32()),
                         "latent_j": pa.array(kept[j], pa.int32()),
-                        "n_i": pa.array(kept_counts[i], pa.int64()),
-                        "n_j": pa.array(kept_counts[j], pa.int64()),
-                        "n_both": pa.array(both, pa.int64()),
+                        "n_i": pa.array(kept_counts32[i], pa.int32()),
+                        "n_j": pa.array(kept_counts32[j], pa.int32()),
+                        "n_both": pa.array(both, pa.int32()),
                         "npmi": pa.array(
                             _npmi(both, log_counts[i], log_counts[j], n_docs, log_docs),
                             pa.float64(),
                         ),
                     }
                 )
+                del i, j, both
                 if block.num_rows:
                     _append(con, block, sae_id, scope, n_docs)
                 n_pairs += block.num_rows
@@ -255,6 +287,9 @@ def refresh_cooccurrence(
         if isinstance(exc, duckdb.Error):
             raise StoreError(f"refreshing co-occurrence failed and was rolled back: {exc}") from exc
         raise
+    finally:
+        if memory_limit is not None:
+            _restore_memory_limit(con, memory_limit)
     return {
         "sae_id": sae_id,
         "scope": scope,
@@ -268,6 +303,16 @@ def refresh_cooccurrence(
         "n_blocks": len(starts),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _restore_memory_limit(con: duckdb.DuckDBPyConnection, shown: str) -> None:
+    """Put DuckDB's memory_limit back to what ``current_setting`` showed before. The default
+    comes back exactly (RESET); another value is set again from its display form, which
+    DuckDB rounds (to about 0.1 GiB)."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("RESET memory_limit")
+        if con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] != shown:
+            con.execute("SET memory_limit = ?", [shown])
 
 
 def _check_datasets(con: duckdb.DuckDBPyConnection, names: list[str] | None) -> None:

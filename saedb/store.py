@@ -11,6 +11,7 @@ migrations) and (re)installs the SQL views and macros that analysts and BI tools
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,11 +24,36 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 
 from saedb import catalog, migrations
 from saedb.errors import ConfigError, StoreError
+from saedb.query import register_udfs
 
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_SAE_KEY = "default_sae_id"
+
+COMPACT_LATENT_COUNTS_ROWS = 1_000_000
+"""``write_batch`` appends one ``latent_counts`` row per latent of each batch; past this many
+rows it folds them to one row per (SAE, dataset, latent), keeping the readers' sums cheap."""
+
+_COUNTS_FROM_DOC_LATENTS = """
+    SELECT dl.sae_id, d.dataset_id, dl.latent_id, count(*),
+           count(*) FILTER (WHERE dl.max_act > 0), sum(CAST(dl.max_act AS DOUBLE)),
+           max(dl.max_act)
+    FROM doc_latents AS dl
+    JOIN doc_encodings AS de ON de.doc_id = dl.doc_id AND de.sae_id = dl.sae_id
+    JOIN documents AS d ON d.doc_id = dl.doc_id
+    GROUP BY dl.sae_id, d.dataset_id, dl.latent_id
+"""
+
+REFRESH_LATENT_COUNTS_SQL = (
+    "DELETE FROM latent_counts",
+    f"INSERT INTO latent_counts {_COUNTS_FROM_DOC_LATENTS} "
+    "ORDER BY dl.sae_id, d.dataset_id, dl.latent_id",
+)
+"""The statements that recompute ``latent_counts`` from ``doc_latents`` (run them in one
+transaction). Anything that writes ``doc_latents`` other than ``Store.write_batch`` should
+run them afterwards (``Store.refresh_latent_counts``); until then the analyses notice that
+the counts no longer add up to ``count(*)`` of ``doc_latents`` and scan it instead."""
 
 
 def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
@@ -53,6 +79,8 @@ class SaeRecord:
     path: str
     config: dict[str, Any]
     sae_id: int | None = None
+    format: str = "saelens"
+    force_reader: bool = False
 
 
 class Store:
@@ -61,6 +89,7 @@ class Store:
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self._count_rows: int | None = None  # rows in latent_counts, once write_batch counted
         if read_only and not self.path.exists():
             raise StoreError(f"no store at {self.path} (create it with: saedb init {self.path})")
         try:
@@ -75,8 +104,9 @@ class Store:
                     f"{self.path} is at schema version {found}, newer than this saedb "
                     f"({known}): upgrade saedb"
                 )
-            if found < known:
-                # An older store: upgrade it once (briefly read-write), then read as asked.
+            if found < known or migrations.pending(self.con):
+                # An older store (or one that lacks a migration numbered below its newest):
+                # upgrade it once (briefly read-write), then read as asked.
                 self.con.close()
                 try:
                     Store(self.path).close()
@@ -94,6 +124,7 @@ class Store:
             self.con.execute(
                 "UPDATE ingest_runs SET status = 'interrupted' WHERE status = 'running'"
             )
+        register_udfs(self.con)  # embed_query(text): MiniLM, loaded on first call
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -211,7 +242,8 @@ class Store:
         row = _first(
             self.con.execute(
                 "SELECT name, reader_model, reader_revision, hook_name, layer, architecture, d_in, "
-                f"d_sae, weights_sha256, path, config, sae_id FROM saes WHERE {col} = ?",
+                "d_sae, weights_sha256, path, config, sae_id, format, force_reader "
+                f"FROM saes WHERE {col} = ?",
                 [name],
             )
         )
@@ -286,6 +318,9 @@ class Store:
         n_tokens, metadata (JSON text). ``latents``: doc_index (row of ``documents``),
         latent_id, max_act, sum_act, n_active, max_char_start, max_char_end.
         ``bad_rows``: source, line, error, raw.
+
+        The same transaction appends the batch's per-latent counts to ``latent_counts``
+        (counted under ``dataset_id``: every document of a batch belongs to that dataset).
         """
         con = self.con
         con.execute("BEGIN TRANSACTION")
@@ -333,6 +368,7 @@ class Store:
                 """,
                 [sae_id, run_id],
             )
+            self._add_latent_counts(sae_id, dataset_id, latents)
             n_bad = 0
             if bad_rows is not None and bad_rows.num_rows:
                 n_bad = bad_rows.num_rows
@@ -353,12 +389,86 @@ class Store:
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
+            self._count_rows = None  # the batch's latent_counts rows are gone too
             raise
         finally:
             for name in ("_batch_docs", "_batch_lat", "_batch_ids", "_batch_bad"):
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
         return doc_ids
+
+    def _add_latent_counts(self, sae_id: int, dataset_id: int, latents: pa.Table) -> None:
+        """Append one latent_counts row per latent of the batch's ``latents`` (inside
+        write_batch's transaction: they commit or roll back with the batch's rows); past
+        COMPACT_LATENT_COUNTS_ROWS rows, fold the table to one row per key. The batch is
+        aggregated here with pyarrow (cheaper than a GROUP BY statement for one batch) and
+        appended: updating one row per key in place cost about twice as much."""
+        con = self.con
+        act = latents.column("max_act").cast(pa.float64())
+        grouped = (
+            pa.table(
+                {
+                    "latent_id": latents.column("latent_id").cast(pa.int32()),
+                    "act": act,
+                    "positive": pa.compute.greater(act, 0.0).cast(pa.int64()),
+                }
+            )
+            .group_by("latent_id")
+            .aggregate([("act", "count"), ("positive", "sum"), ("act", "sum"), ("act", "max")])
+        )
+        # select by name: the order of group_by's output columns varies between versions
+        counts = pa.table(
+            {
+                "latent_id": grouped.column("latent_id"),
+                "n_fired": grouped.column("act_count"),
+                "n_positive": grouped.column("positive_sum"),
+                "sum_max_act": grouped.column("act_sum"),
+                "max_max_act": grouped.column("act_max"),
+            }
+        )
+        con.register("_batch_counts", counts)
+        try:
+            con.execute(
+                "INSERT INTO latent_counts SELECT ?, ?, latent_id, n_fired, n_positive, "
+                "sum_max_act, max_max_act FROM _batch_counts",
+                [sae_id, dataset_id],
+            )
+        finally:
+            con.unregister("_batch_counts")
+        if self._count_rows is None:
+            self._count_rows = int(_first(con.execute("SELECT count(*) FROM latent_counts"))[0])
+        else:
+            self._count_rows += counts.num_rows
+        if self._count_rows > COMPACT_LATENT_COUNTS_ROWS:
+            con.execute(
+                """
+                CREATE TEMP TABLE _folded AS
+                SELECT sae_id, dataset_id, latent_id, sum(n_fired) AS n_fired,
+                       sum(n_positive) AS n_positive, sum(sum_max_act) AS sum_max_act,
+                       max(max_max_act) AS max_max_act
+                FROM latent_counts GROUP BY sae_id, dataset_id, latent_id
+                ORDER BY sae_id, dataset_id, latent_id
+                """
+            )
+            con.execute("DELETE FROM latent_counts")
+            con.execute("INSERT INTO latent_counts SELECT * FROM _folded")
+            con.execute("DROP TABLE _folded")
+            self._count_rows = None  # counted again at the next batch
+
+    def refresh_latent_counts(self) -> None:
+        """Recompute latent_counts from doc_latents, doc_encodings and documents, in
+        one transaction. ``write_batch`` and ``optimize`` keep them exact; this is for stores
+        whose tables were written some other way (bulk SQL, a script)."""
+        self._count_rows = None
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in REFRESH_LATENT_COUNTS_SQL:
+                con.execute(statement)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     # -- high level ----------------------------------------------------------------------
 
@@ -387,12 +497,34 @@ class Store:
         k: int = 100,
         datasets: Sequence[str] | None = None,
         sae: int | None = None,
+        latents_k: int | None = None,
+        min_similarity: float | None = None,
+        rerank: Any = None,
     ) -> pd.DataFrame:
-        """Documents scored by latent weights (``retrieve``): ``{12: 1.0, 40: 2.0}`` or the
-        CLI's text form ``"12,40:2.0"``. Text queries need latent labels (a later version)."""
-        if isinstance(query, str):
-            from saedb.analysis_cli import parse_weights
+        """Documents scored by latent weights (``retrieve``): ``{12: 1.0, 40: 2.0}``, the
+        CLI's form ``"12,40:2.0"``, or a text query (``"computers"``): then the ``latents_k``
+        latents whose labels are most similar (``relevant_latents``; reranked by the LLM of
+        ``rerank``, an ``saedb.llm.LLMConfig``, when given) weighted as
+        ``saedb.query.query_weights`` says; the DataFrame's ``attrs["latents"]`` holds them."""
+        from saedb.analysis_cli import is_text_query, parse_weights
 
+        if isinstance(query, str) and is_text_query(query):
+            from saedb.query import SEARCH_LATENTS, search_text
+
+            chosen, docs = search_text(
+                self,
+                query,
+                k=k,
+                datasets=datasets,
+                sae=sae,
+                latents_k=latents_k or SEARCH_LATENTS,
+                min_similarity=min_similarity,
+                rerank_config=rerank,
+            )
+            frame = docs.to_pandas()
+            frame.attrs["latents"] = chosen.to_pandas()
+            return frame
+        if isinstance(query, str):
             weights = parse_weights(query)
         else:
             weights = [{"latent_id": int(i), "weight": float(w)} for i, w in query.items()]
@@ -402,15 +534,56 @@ class Store:
             {"w": weights, "sae": sae, "k": k, "ds": list(datasets) if datasets else None},
         )
 
-    def cluster(self, latents: Sequence[int], **options: Any):
-        """Targeted spectral clustering on the given latents; see ``saedb.cluster.cluster``."""
+    def cluster(
+        self,
+        latents: Sequence[int] | None = None,
+        *,
+        axis: str | None = None,
+        latents_k: int | None = None,
+        min_similarity: float | None = None,
+        **options: Any,
+    ):
+        """Targeted spectral clustering on the given latents, or on the ``latents_k`` latents
+        whose labels are most similar to ``axis`` (``"tone"``); see ``saedb.cluster.cluster``
+        for ``options``. With ``axis`` the result's ``axis_latents`` says which were used."""
         from saedb.cluster import cluster
 
-        return cluster(self, list(latents), **options)
+        if (latents is None) == (axis is None):
+            raise ConfigError("cluster on latents=[...] or on axis='...', one of the two")
+        if axis is None:
+            return cluster(self, list(latents or []), **options)
+        from saedb.query import AXIS_LATENTS, choose_latents
+
+        chosen = choose_latents(
+            self,
+            axis,
+            latents_k=latents_k or AXIS_LATENTS,
+            sae=options.get("sae"),
+            min_similarity=min_similarity,
+        )
+        result = cluster(self, chosen.column("latent_id").to_pylist(), **options)
+        return dataclasses.replace(result, axis_latents=chosen)
+
+    def relevant_latents(
+        self,
+        query: str,
+        k: int = 20,
+        *,
+        sae: int | str | None = None,
+        min_similarity: float | None = None,
+    ) -> pd.DataFrame:
+        """The ``k`` latents whose current labels are most similar to ``query`` (latent_id,
+        label, description, similarity); see ``saedb.query.relevant_latents``."""
+        from saedb.query import relevant_latents
+
+        return relevant_latents(
+            self, query, k=k, sae=sae, min_similarity=min_similarity
+        ).to_pandas()
 
     def optimize(self) -> None:
         """Rewrite doc_latents clustered by (sae_id, latent_id, doc_id): the layout under which
-        per-latent queries (diffing, retrieval, top documents) touch the fewest row groups."""
+        per-latent queries (diffing, retrieval, top documents) touch the fewest row groups.
+        Recomputes latent_counts in the same transaction."""
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
@@ -421,10 +594,14 @@ class Store:
             con.execute("DELETE FROM doc_latents")
             con.execute("INSERT INTO doc_latents SELECT * FROM _sorted")
             con.execute("DROP TABLE _sorted")
+            for statement in REFRESH_LATENT_COUNTS_SQL:
+                con.execute(statement)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        finally:
+            self._count_rows = None
         con.execute("CHECKPOINT")
 
 

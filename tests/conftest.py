@@ -25,6 +25,7 @@ def make_sae_dir(
     seed: int = 0,
     hook: str = TEST_HOOK,
     d_in: int = 576,
+    model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
 ) -> Path:
     import torch
 
@@ -41,7 +42,7 @@ def make_sae_dir(
         b_dec=torch.zeros(d_in),
         b_enc=torch.zeros(d_sae),
         k=k,
-        metadata={"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "hook_name": hook},
+        metadata={"model_name": model_name, "hook_name": hook},
     )
     save_saelens(sae, path)
     return path
@@ -72,3 +73,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def fortunes(category: str, n: int) -> list[dict]:
     lines = (FORTUNES / f"{category}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(x) for x in lines[:n]]
+
+
+@pytest.fixture
+def openai_server():
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 (tests/openai_server.py), stopped after."""
+    from tests.openai_server import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        yield server

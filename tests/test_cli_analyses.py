@@ -249,7 +249,7 @@ def test_search_in_datasets(shared, capsys) -> None:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("error messages about disks", "searching by text"),
+        ("12,abc", "cannot read 'abc'"),
         ("12,4x0", "cannot read '4x0'"),
         ("  ", "empty query"),
     ],
@@ -257,10 +257,15 @@ def test_search_in_datasets(shared, capsys) -> None:
 def test_search_errors(shared, capsys, query, message) -> None:
     rc, out, err = run(capsys, "search", shared, query)
     assert (rc, out) == (2, "")
+    assert message in error_line(err)
+
+
+def test_search_by_text_needs_label_embeddings(shared, capsys) -> None:
+    # a text query is matched against label embeddings; this store has no labels
+    rc, out, err = run(capsys, "search", shared, "error messages about disks")
+    assert (rc, out) == (1, "")
     line = error_line(err)
-    assert message in line
-    if "labels" in message:
-        assert "saedb label" in line and "12,40:2.0,77" in line
+    assert "saedb label" in line and "--all-firing" in line and "12,40:2.0" in line
 
 
 def test_the_parser_and_the_cluster_module_load_no_heavy_library() -> None:

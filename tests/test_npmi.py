@@ -32,6 +32,7 @@ from saedb.store import Store
 
 DATASETS = {1: "alpha", 2: "beta", 3: "gamma, the third", 4: "empty"}
 PAIR_COLUMNS = ["latent_i", "latent_j", "n_i", "n_j", "n_both", "n_docs", "npmi"]
+LABEL_COLUMNS = ["label_i", "label_j", "label_similarity"]
 
 
 # -- building stores -----------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_npmi_macro_matches_numpy(
     sae: int,
 ) -> None:
     got = npmi_sql(store.con, datasets=datasets, sae=sae, min_count=min_count, threshold=threshold)
-    assert list(got.columns) == PAIR_COLUMNS
+    assert list(got.columns) == PAIR_COLUMNS + LABEL_COLUMNS
     want = reference(data, datasets, sae, min_count, threshold)
     assert_pairs_equal(got, want)
     # sorted by npmi, largest first, ties by (latent_i, latent_j)
@@ -271,6 +272,7 @@ def test_npmi_targets_matches_numpy(
         "n_latent",
         "n_both",
         "npmi",
+        *LABEL_COLUMNS,
     ]
     pairs = reference(data, datasets, 1, min_count, threshold)
     both_ways = pd.concat(

@@ -147,7 +147,30 @@ def store_path(tmp_path_factory: pytest.TempPathFactory, data: dict[str, pd.Data
         for table in ("datasets", "documents", "doc_encodings", "doc_latents"):
             insert(con, table, data[table])
         con.execute("INSERT INTO settings VALUES ('default_sae_id', '1')")
+        # a few labels with (made-up, 3-dimensional) embeddings and one cached query, for
+        # the label-similarity objects
+        for label_id, latent, label, vector in LABELS:
+            con.execute(
+                "INSERT INTO latent_labels (label_id, sae_id, latent_id, label, labeler, "
+                "n_examples) VALUES (?, 1, ?, ?, 'test', 0)",
+                [label_id, latent, label],
+            )
+            con.execute(
+                "INSERT INTO label_embeddings (label_id, model, embedding) VALUES (?, ?, ?)",
+                [label_id, "test-embedding", vector],
+            )
+        con.execute(
+            "INSERT INTO query_embeddings (query, model, embedding) "
+            "VALUES ('tone', 'test-embedding', [0.6, 0.8, 0.0])"
+        )
     return path
+
+
+LABELS = [
+    (1, 3, "anger", [1.0, 0.0, 0.0]),
+    (2, 5, "joy", [0.0, 1.0, 0.0]),
+    (3, 7, "rain", [0.0, 0.0, 1.0]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -454,6 +477,14 @@ def test_plain_duckdb_can_query_every_object(
         "latent_npmi": "SELECT count(*) FROM latent_npmi",
         "latent_examples": "SELECT * FROM latent_examples(3, n_pos := 3, n_neg := 3, seed := 2)",
         "current_labels": "SELECT count(*) FROM current_labels",
+        "latent_near_misses": "SELECT * FROM latent_near_misses(3, n := 3, context := 20)",
+        "llm_spend": "SELECT count(*) FROM llm_spend",
+        "current_label_embeddings": "SELECT * FROM current_label_embeddings",
+        "label_similarity": "SELECT label_similarity(3, 5, model := 'test-embedding')",
+        "latents_for_embedding": "SELECT * FROM latents_for_embedding([1.0, 0.0, 0.0], "
+        "k := 2, model := 'test-embedding')",
+        "latents_for_query": "SELECT * FROM latents_for_query('tone', model := 'test-embedding')",
+        "latent_label_neighbors": "SELECT count(*) FROM latent_label_neighbors",
     }
     assert set(examples) == {o.name for o in catalog.load_catalog()}, "add an example call"
     result = subprocess.run(

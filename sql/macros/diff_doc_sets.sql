@@ -3,7 +3,7 @@
 -- answers: The statistics behind diff, diff_one_vs_rest and diff_metadata: which latents fire more often in one set of documents than in another, and is the difference more than chance?
 -- inputs: doc_latents, doc_encodings, settings
 -- grain: one row per latent that fired in set a or set b and passes the coverage filter, sorted by difference, largest first
--- params: docs_a, docs_b, sae := NULL, min_freq := 0.0, max_freq := 1.0, threshold := 0.0, label_a := 'diff_doc_sets: document set a', label_b := 'diff_doc_sets: document set b'
+-- params: docs_a, docs_b, sae := NULL, min_freq := 0.0, max_freq := 1.0, threshold := 0.0, label_a := 'diff_doc_sets: document set a', label_b := 'diff_doc_sets: document set b', precounted := NULL
 -- param docs_a: LIST of doc_ids, the first set (duplicates count once; documents not encoded with the SAE are left out)
 -- param docs_b: LIST of doc_ids, the second set (may overlap docs_a)
 -- param sae: the SAE id; NULL means the store's default SAE
@@ -13,6 +13,10 @@
 --   REAL, the precision max_act is stored in, so a threshold equal to a stored value as printed excludes it)
 -- param label_a: how errors name set a: the error reads label_a || ' has no documents encoded with SAE ' || sae
 -- param label_b: how errors name set b
+-- param precounted: NULL (the default), or the counts already known, as STRUCT(size_a BIGINT,
+--   size_b BIGINT, fired STRUCT(latent_id INTEGER, n_a BIGINT, n_b BIGINT)[]): then docs_a, docs_b
+--   and threshold are not used and doc_latents is not read (diff passes the counts kept in
+--   latent_counts; fired lists the latents with n_a + n_b > 0)
 -- depends: resolve_sae, normal_sf
 -- notes: a set's size is its documents encoded with the SAE (rows in doc_encodings), documents
 --   where nothing fired included; a set with no such documents (an empty or NULL list
@@ -26,6 +30,7 @@
 --   latent that fired only in a and 0 for one that fired only in b (use isinf() to filter).
 --   diff, diff_one_vs_rest and diff_metadata build the two lists and call this macro; the
 --   macro's own CTEs are named dds_*, so subqueries passed in must not use those names.
+--   With precounted given, the same statistics are computed from its counts and sizes.
 -- column latent_id: the latent
 -- column freq_a: share of the documents of a where the latent fired (n_a / size_a)
 -- column freq_b: share of the documents of b where the latent fired (n_b / size_b)
@@ -39,10 +44,16 @@
 -- column q_value: Benjamini-Hochberg adjusted p-value (false discovery rate) over the latents returned
 CREATE OR REPLACE MACRO diff_doc_sets(
     docs_a, docs_b, sae := NULL, min_freq := 0.0, max_freq := 1.0, threshold := 0.0,
-    label_a := 'diff_doc_sets: document set a', label_b := 'diff_doc_sets: document set b'
+    label_a := 'diff_doc_sets: document set a', label_b := 'diff_doc_sets: document set b',
+    precounted := NULL
 ) AS TABLE
 WITH dds_sae AS (
     SELECT resolve_sae(sae) AS sae_id
+),
+dds_pre AS (
+    SELECT CAST(precounted AS STRUCT(
+        size_a BIGINT, size_b BIGINT, fired STRUCT(latent_id INTEGER, n_a BIGINT, n_b BIGINT)[]
+    )) AS p
 ),
 dds_marked AS (
     -- membership by semi-join on doc_encodings (not a GROUP BY over the unnested lists) keeps
@@ -53,21 +64,30 @@ dds_marked AS (
         de.doc_id IN (SELECT CAST(unnest(docs_b) AS BIGINT)) AS in_b
     FROM doc_encodings AS de
     JOIN dds_sae AS c ON de.sae_id = c.sae_id
+    WHERE (SELECT pre.p IS NULL FROM dds_pre AS pre)
 ),
 dds_docs AS (
     SELECT doc_id, in_a, in_b
     FROM dds_marked
     WHERE in_a OR in_b
 ),
+dds_counted AS (
+    SELECT
+        coalesce((SELECT pre.p.size_a FROM dds_pre AS pre), count(*) FILTER (WHERE in_a))
+            AS size_a,
+        coalesce((SELECT pre.p.size_b FROM dds_pre AS pre), count(*) FILTER (WHERE in_b))
+            AS size_b
+    FROM dds_docs
+),
 dds_sizes AS (
     SELECT
-        CASE WHEN count(*) FILTER (WHERE in_a) = 0
+        CASE WHEN size_a = 0
             THEN error(label_a || ' has no documents encoded with SAE ' || resolve_sae(sae))
-            ELSE count(*) FILTER (WHERE in_a) END AS size_a,
-        CASE WHEN count(*) FILTER (WHERE in_b) = 0
+            ELSE size_a END AS size_a,
+        CASE WHEN size_b = 0
             THEN error(label_b || ' has no documents encoded with SAE ' || resolve_sae(sae))
-            ELSE count(*) FILTER (WHERE in_b) END AS size_b
-    FROM dds_docs
+            ELSE size_b END AS size_b
+    FROM dds_counted
 ),
 dds_fired AS (
     SELECT
@@ -78,7 +98,11 @@ dds_fired AS (
     JOIN dds_sae AS c ON dl.sae_id = c.sae_id
     JOIN dds_docs ON dds_docs.doc_id = dl.doc_id
     WHERE dl.max_act > CAST(threshold AS REAL)
+      AND (SELECT pre.p IS NULL FROM dds_pre AS pre)
     GROUP BY dl.latent_id
+    UNION ALL
+    SELECT u.f.latent_id, u.f.n_a, u.f.n_b
+    FROM (SELECT unnest(pre.p.fired) AS f FROM dds_pre AS pre) AS u
 ),
 dds_tested AS (
     SELECT

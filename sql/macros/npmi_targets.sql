@@ -1,15 +1,16 @@
 -- name: npmi_targets
 -- kind: table_macro
 -- answers: Which latents fire together with each of a few target latents more often than chance, by normalised pointwise mutual information (NPMI) over documents?
--- inputs: doc_latents, doc_encodings, documents, datasets, settings
+-- inputs: doc_latents, doc_encodings, documents, datasets, settings, current_labels, label_embeddings
 -- grain: one row per (target latent, other latent) that fired together in at least min_count documents, sorted by target_latent, then npmi largest first (ties by latent_id)
--- params: targets, datasets := NULL, sae := NULL, min_count := 5, threshold := 0.0
+-- params: targets, datasets := NULL, sae := NULL, min_count := 5, threshold := 0.0, embedding_model := 'sentence-transformers/all-MiniLM-L6-v2'
 -- param targets: LIST of target latent ids, e.g. [12, 345] (duplicates count once; a target that never fired has no rows)
 -- param datasets: LIST of dataset names (datasets.name) whose documents are counted; NULL means every dataset
 -- param sae: the SAE id; NULL means the store's default SAE
 -- param min_count: keep pairs that fired together in at least this many documents (values below 1 act as 1: pairs that never fired together have no row)
 -- param threshold: a latent fired in a document when its max_act there is above this (compared as REAL, the precision max_act is stored in)
--- depends: resolve_sae, npmi_score
+-- param embedding_model: the embedding model whose label embeddings give label_similarity (label_embeddings.model)
+-- depends: resolve_sae, npmi_score, current_labels
 -- notes: the documents are those of the chosen datasets encoded with the SAE (rows in
 --   doc_encodings), documents where nothing fired included; N is their number. With
 --   p(i) = n_i / N and p(i, j) = n_both / N, npmi = ln(p(i, j) / (p(i) p(j))) / -ln p(i, j),
@@ -23,15 +24,20 @@
 --   documents, after dropping latents that fired in fewer than min_count documents: fast
 --   for a few hundred targets. npmi gives every pair, and the table latent_cooccurrence
 --   (view latent_npmi, filled by saedb.cooccurrence.refresh_cooccurrence) every pair of a
---   large store.
+--   large store. label_i (of target_latent), label_j (of latent_id) and label_similarity
+--   come from the current labels and their embeddings of embedding_model, NULL as in npmi.
 -- column target_latent: the target latent (one of targets)
 -- column latent_id: another latent that fired in at least min_count of the target's documents
 -- column n_target: documents where the target fired
 -- column n_latent: documents where latent_id fired
 -- column n_both: documents where both fired
 -- column npmi: normalised pointwise mutual information of the pair, in [-1, 1]; 1 when n_both is the number of documents
+-- column label_i: the current label of target_latent (NULL when it has none)
+-- column label_j: the current label of latent_id (NULL when it has none)
+-- column label_similarity: cosine similarity of the two labels' embeddings (NULL when either has none)
 CREATE OR REPLACE MACRO npmi_targets(
-    targets, datasets := NULL, sae := NULL, min_count := 5, threshold := 0.0
+    targets, datasets := NULL, sae := NULL, min_count := 5, threshold := 0.0,
+    embedding_model := 'sentence-transformers/all-MiniLM-L6-v2'
 ) AS TABLE
 WITH npt_scope AS (
     SELECT CASE
@@ -84,6 +90,16 @@ npt_pairs AS (
     SEMI JOIN npt_counts AS k ON k.latent_id = f.latent_id
     GROUP BY t.latent_id, f.latent_id
     HAVING count(*) >= min_count
+),
+npt_labels AS (
+    SELECT cl.latent_id, cl.label, e.embedding
+    FROM current_labels AS cl
+    JOIN npt_scope AS c ON cl.sae_id = c.sae_id
+    SEMI JOIN npt_counts AS k ON k.latent_id = cl.latent_id
+    LEFT JOIN (
+        SELECT le.label_id, le.embedding FROM label_embeddings AS le
+        WHERE le.model = embedding_model
+    ) AS e ON e.label_id = cl.label_id
 )
 SELECT
     p.target_latent,
@@ -91,9 +107,14 @@ SELECT
     kt.n AS n_target,
     kl.n AS n_latent,
     p.n_both,
-    npmi_score(p.n_both, kt.n, kl.n, s.n_docs) AS npmi
+    npmi_score(p.n_both, kt.n, kl.n, s.n_docs) AS npmi,
+    lt.label AS label_i,
+    ll.label AS label_j,
+    CAST(list_cosine_similarity(lt.embedding, ll.embedding) AS DOUBLE) AS label_similarity
 FROM npt_pairs AS p
 JOIN npt_counts AS kt ON kt.latent_id = p.target_latent
 JOIN npt_counts AS kl ON kl.latent_id = p.latent_id
 CROSS JOIN npt_size AS s
+LEFT JOIN npt_labels AS lt ON lt.latent_id = p.target_latent
+LEFT JOIN npt_labels AS ll ON ll.latent_id = p.latent_id
 ORDER BY p.target_latent, npmi DESC, p.latent_id;
