@@ -46,6 +46,7 @@ _CREATE = re.compile(
     r"^\s*CREATE\s+OR\s+REPLACE\s+(?P<type>VIEW|MACRO)\s+(?P<name>[A-Za-z_][A-Za-z0-9_]*)",
     re.IGNORECASE,
 )
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*--[^\n]*(?:\n|\Z))*\s*")
 _AS_TABLE = re.compile(r"\)\s*AS\s+TABLE\b", re.IGNORECASE)
 _PARAM_NAME = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
 
@@ -233,7 +234,8 @@ def parse_object(
 def _statements(text: str, where: str, parser: duckdb.DuckDBPyConnection | None) -> list[str]:
     con = parser if parser is not None else duckdb.connect(":memory:")
     try:
-        return [s.query for s in con.extract_statements(text)]
+        # DuckDB 2.0 keeps the comments before a statement in its text; 1.x dropped them.
+        return [_LEADING_COMMENTS.sub("", s.query) for s in con.extract_statements(text)]
     except duckdb.Error as exc:
         raise StoreError(f"{where}: cannot parse the SQL: {exc}") from exc
     finally:
