@@ -10,6 +10,7 @@ report to .cache/eval/ instead, so docs/ only ever holds a complete full run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only this study (repeatable): {', '.join(STUDIES)}",
     )
     args = ap.parse_args(argv)
-    cfg = EvalConfig.preset(args.quick)
+    cfg = dataclasses.replace(EvalConfig.preset(args.quick), partial=bool(args.only))
     names = args.only or list(STUDIES)
-    partial = cfg.quick or bool(args.only)
+    partial = cfg.quick or cfg.partial
     t0 = time.perf_counter()
     results: list[StudyResult] = []
     for name in names:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     total = time.perf_counter() - t0
     command = "make eval" if not partial else "python -m eval " + " ".join(argv or sys.argv[1:])
-    out = cfg.report_path if not args.only else cfg.cache / "evaluation-partial.md"
+    out = cfg.report_path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         render(

@@ -39,6 +39,8 @@ class EvalConfig:
     """Where evaluation.md and img/ go (full runs only)."""
     quick: bool = False
     """The --quick preset: small samples, report under the cache, not in docs/."""
+    partial: bool = False
+    """--only: some of the studies; report and plots under the cache, so docs/ keeps a whole run."""
 
     def __post_init__(self) -> None:
         if self.per_subset < 10:
@@ -54,8 +56,16 @@ class EvalConfig:
 
     @property
     def img_dir(self) -> Path:
-        return (self.cache / "quick-img") if self.quick else (self.docs / "img")
+        if self.quick:
+            return self.cache / "quick-img"
+        return (self.cache / "partial-img") if self.partial else (self.docs / "img")
 
     @property
     def report_path(self) -> Path:
-        return (self.cache / "evaluation-quick.md") if self.quick else (self.docs / "evaluation.md")
+        if self.quick:
+            return self.cache / "evaluation-quick.md"
+        return (
+            (self.cache / "evaluation-partial.md")
+            if self.partial
+            else (self.docs / "evaluation.md")
+        )

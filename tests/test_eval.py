@@ -252,3 +252,17 @@ def test_render_writes_every_table_and_plot(tmp_path: Path):
         "[2. Second](#2-second)",
     ):
         assert needle in md, needle
+
+
+def test_partial_and_quick_runs_never_write_into_docs(tmp_path):
+    from eval.config import EvalConfig
+
+    full = EvalConfig(cache=tmp_path / "cache", docs=tmp_path / "docs")
+    assert full.report_path == tmp_path / "docs" / "evaluation.md"
+    assert full.img_dir == tmp_path / "docs" / "img"
+    for cfg in (
+        EvalConfig(cache=tmp_path / "cache", docs=tmp_path / "docs", partial=True),
+        EvalConfig(cache=tmp_path / "cache", docs=tmp_path / "docs", quick=True),
+    ):
+        assert cfg.report_path.is_relative_to(tmp_path / "cache")
+        assert cfg.img_dir.is_relative_to(tmp_path / "cache")
