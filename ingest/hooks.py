@@ -8,13 +8,25 @@ hook name                                     HF transformers
 ============================================  ===============================================
 ``blocks.L.hook_resid_pre`` (TransformerLens)  input of ``layers[L]`` = ``hidden_states[L]``
 ``blocks.L.hook_resid_post``                   output of ``layers[L]`` = ``hidden_states[L+1]``
-``blocks.L.hook_mlp_out``                      output of ``layers[L].mlp`` (of its
+``blocks.L.hook_mlp_out``                      what the MLP adds to the residual stream: the
+                                               output of ``layers[L].mlp``, or of its
                                                ``post_feedforward_layernorm`` where the layer
-                                               has one, as Gemma 2/3 and OLMo 2 do)
+                                               has one (Gemma 2/3, OLMo 2)
+``hook_embed``                                 output of the input embedding module
 sparsify ``layers.L`` / ``h.L``                = ``blocks.L.hook_resid_post``
-sparsify ``layers.L.mlp`` / ``h.L.mlp``        = ``blocks.L.hook_mlp_out``
-sparsify ``embed_tokens`` / ``embed``          = ``blocks.0.hook_resid_pre``
+sparsify ``layers.L.mlp`` / ``h.L.mlp``        output of the module ``layers[L].mlp`` itself
+                                               (before any ``post_feedforward_layernorm``)
+sparsify ``embed_tokens`` / ``wte`` / ...      = ``hook_embed``
 ============================================  ===============================================
+
+A sparsify hookpoint names a module of the HF base model, and its SAE was trained on that
+module's output: ``layers.L.mlp`` is ``blocks.L.hook_mlp_out`` only where no norm follows the
+MLP (Llama, Qwen, GPT-2), and ``embed_tokens`` is the embedding module's output, which is
+``hidden_states[0]`` only where no position embedding is added after it (not GPT-2). Gemma's
+``sqrt(d_model)`` embedding scale is inside that module in transformers 5
+(``Gemma2TextScaledWordEmbedding``), so it is part of ``hook_embed`` as it is of
+TransformerLens's (which folds it into ``W_E``); transformers 4 applied it in the model's
+forward, after the module.
 
 The final-norm exception: HF applies the model's final norm to the last entry of
 ``hidden_states``, while TransformerLens's ``hook_resid_post`` of the last layer is before
@@ -34,21 +46,25 @@ from typing import Any, Literal
 
 from saedb.errors import ModelError
 
-HookKind = Literal["resid_pre", "resid_post", "mlp_out"]
+HookKind = Literal["resid_pre", "resid_post", "mlp_out", "mlp", "embed"]
 
 #: What ``parse_hook`` accepts, for error messages and docs.
 SUPPORTED_HOOKS = (
     "blocks.L.hook_resid_pre",
     "blocks.L.hook_resid_post",
     "blocks.L.hook_mlp_out",
+    "hook_embed",
     "layers.L (sparsify; = blocks.L.hook_resid_post)",
-    "layers.L.mlp (sparsify; = blocks.L.hook_mlp_out)",
-    "embed_tokens (sparsify; = blocks.0.hook_resid_pre)",
+    "layers.L.mlp (sparsify; the output of the mlp module)",
+    "embed_tokens (sparsify; = hook_embed)",
 )
 
 _TRANSFORMERLENS = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out)")
-_SPARSIFY = re.compile(r"(?:model\.)?(?:layers|h)\.(\d+)(\.mlp)?")
-_EMBEDDING = ("embed_tokens", "embed", "model.embed_tokens", "wte", "hook_embed")
+#: sparsify hookpoints name modules of the HF base model; a multimodal Gemma 3 keeps its text
+#: model under ``language_model``.
+_PREFIX = r"(?:model\.)?(?:language_model\.)?"
+_SPARSIFY = re.compile(_PREFIX + r"(?:layers|h)\.(\d+)(\.mlp)?")
+_EMBEDDING = re.compile(_PREFIX + r"(?:embed_tokens|embed_in|embed|wte)|hook_embed")
 #: Known hooks we refuse, with why (matched against the part after ``blocks.L.``).
 _REFUSED = {
     r"attn\.hook_(z|q|k|v|pattern|attn_scores|result)|hook_(q|k|v)_input|hook_attn_in": (
@@ -64,21 +80,27 @@ _REFUSED = {
 @dataclass(frozen=True)
 class HookPoint:
     """A point of the reader: the input (``resid_pre``) or output (``resid_post``) of one
-    layer, or the output of its MLP (``mlp_out``)."""
+    layer, what its MLP adds to the residual stream (``mlp_out``), the output of its ``mlp``
+    module (``mlp``, sparsify) or the output of the input embedding (``embed``, layer 0)."""
 
     layer: int
     kind: HookKind
 
     @property
     def name(self) -> str:
-        """The canonical SAELens / TransformerLens name of this hook."""
+        """The canonical name of this hook: SAELens / TransformerLens where it has one,
+        sparsify's ``layers.L.mlp`` for the raw MLP output; ``parse_hook`` reads it back."""
+        if self.kind == "embed":
+            return "hook_embed"
+        if self.kind == "mlp":
+            return f"layers.{self.layer}.mlp"
         return f"blocks.{self.layer}.hook_{self.kind}"
 
     @property
     def hidden_states_index(self) -> int | None:
         """Index into HF ``output_hidden_states`` (mind the final-norm exception above);
-        None for ``mlp_out``, which is not in the residual stream."""
-        if self.kind == "mlp_out":
+        None for the hooks that are not an entry of the residual stream in every model."""
+        if self.kind not in ("resid_pre", "resid_post"):
             return None
         return self.layer if self.kind == "resid_pre" else self.layer + 1
 
@@ -91,11 +113,11 @@ def parse_hook(hook_name: str) -> HookPoint:
             return HookPoint(layer=int(m.group(1)), kind=m.group(2))  # type: ignore[arg-type]
         m = _SPARSIFY.fullmatch(hook_name)
         if m:
-            kind: HookKind = "mlp_out" if m.group(2) else "resid_post"
+            kind: HookKind = "mlp" if m.group(2) else "resid_post"
             return HookPoint(layer=int(m.group(1)), kind=kind)
-        if hook_name in _EMBEDDING:
-            return HookPoint(layer=0, kind="resid_pre")
-        site = re.sub(r"^(blocks|layers|model\.layers|h)\.\d+\.", "", hook_name)
+        if _EMBEDDING.fullmatch(hook_name):
+            return HookPoint(layer=0, kind="embed")
+        site = re.sub(r"^(blocks|" + _PREFIX + r"(layers|h))\.\d+\.", "", hook_name)
         why = next((w for p, w in _REFUSED.items() if re.fullmatch(p, site)), None)
         if why is None and re.match(r"(self_attn|attn)\b", site):
             why = "it is inside the attention block, which HF models do not expose per head"
@@ -113,11 +135,13 @@ def parse_hook(hook_name: str) -> HookPoint:
 
 
 def hook_module(layer: Any, hook: HookPoint, model_name: str = "the reader") -> Any:
-    """The module of one decoder layer whose output (``mlp_out``) or input / output
-    (``resid_pre`` / ``resid_post``: the layer itself) the hook reads."""
-    if hook.kind != "mlp_out":
+    """The module of one decoder layer whose output (``mlp_out``, ``mlp``) or input / output
+    (``resid_pre`` / ``resid_post``: the layer itself) the hook reads. ``embed`` reads no
+    layer: the layer is returned as it is (``capture`` hooks the embedding module)."""
+    if hook.kind not in ("mlp_out", "mlp"):
         return layer
-    for attr in ("post_feedforward_layernorm", "mlp"):
+    attrs = ("post_feedforward_layernorm", "mlp") if hook.kind == "mlp_out" else ("mlp",)
+    for attr in attrs:
         module = getattr(layer, attr, None)
         if module is not None:
             return module
@@ -125,6 +149,16 @@ def hook_module(layer: Any, hook: HookPoint, model_name: str = "the reader") -> 
         f"Unsupported SAE hook {hook.name}: it cannot be honoured (the layers of {model_name} "
         f"({type(layer).__name__}) have no 'mlp' module)"
     )
+
+
+def _embedding_module(model: Any) -> Any:
+    get = getattr(model, "get_input_embeddings", None)
+    module = get() if callable(get) else None
+    if module is None:
+        raise ModelError(
+            f"Unsupported SAE hook hook_embed: {type(model).__name__} has no input embedding"
+        )
+    return module
 
 
 class _StopForward(Exception):
@@ -137,9 +171,12 @@ def capture(model: Any, layers: Any, hook: HookPoint, **inputs: Any) -> Any:
     captured: list[Any] = []
     if hook.layer >= len(layers):
         raise ModelError(f"SAE hook layer {hook.layer} does not exist ({len(layers)} layers)")
-    module = hook_module(layers[hook.layer], hook, type(model).__name__)
+    if hook.kind == "embed":
+        module = _embedding_module(model)
+    else:
+        module = hook_module(layers[hook.layer], hook, type(model).__name__)
 
-    def post_hook(_module, _args, output):  # resid_post / mlp_out: the module's output
+    def post_hook(_module, _args, output):  # every other hook: the module's output
         captured.append(output[0] if isinstance(output, tuple) else output)
         raise _StopForward
 

@@ -17,9 +17,17 @@ from saedb.errors import ModelError
         ("layers.5", 5, "resid_post", 6),
         ("h.5", 5, "resid_post", 6),
         ("model.layers.2", 2, "resid_post", 3),
-        ("embed_tokens", 0, "resid_pre", 0),
+        ("language_model.layers.2", 2, "resid_post", 3),
+        ("model.language_model.layers.2", 2, "resid_post", 3),
+        ("embed_tokens", 0, "embed", None),
+        ("model.embed_tokens", 0, "embed", None),
+        ("language_model.embed_tokens", 0, "embed", None),
+        ("wte", 0, "embed", None),
+        ("embed_in", 0, "embed", None),
+        ("hook_embed", 0, "embed", None),
         ("blocks.4.hook_mlp_out", 4, "mlp_out", None),
-        ("layers.4.mlp", 4, "mlp_out", None),
+        ("layers.4.mlp", 4, "mlp", None),
+        ("h.4.mlp", 4, "mlp", None),
     ],
 )
 def test_parse_supported(name: str, layer: int, kind: str, hidden_index: int | None) -> None:
@@ -31,6 +39,24 @@ def test_parse_supported(name: str, layer: int, kind: str, hidden_index: int | N
 def test_sparsify_layer_is_resid_post() -> None:
     assert parse_hook("layers.7") == parse_hook("blocks.7.hook_resid_post")
     assert parse_hook("layers.7").name == "blocks.7.hook_resid_post"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["blocks.3.hook_resid_pre", "blocks.3.hook_resid_post", "blocks.3.hook_mlp_out",
+     "layers.3.mlp", "embed_tokens"],
+)  # fmt: skip
+def test_names_read_back(name: str) -> None:
+    """``HookPoint.name`` is what a saedb-trained SAE records: it must parse to itself."""
+    hook = parse_hook(name)
+    assert parse_hook(hook.name) == hook
+
+
+def test_sparsify_mlp_is_not_hook_mlp_out() -> None:
+    """sparsify's ``layers.L.mlp`` is the mlp module's output; TransformerLens's hook_mlp_out
+    is after Gemma 2's post-MLP norm: two points."""
+    assert parse_hook("layers.3.mlp") != parse_hook("blocks.3.hook_mlp_out")
+    assert parse_hook("layers.3.mlp").name == "layers.3.mlp"
 
 
 @pytest.mark.parametrize(
@@ -97,11 +123,21 @@ def tiny_model(kind: str):
         max_position_embeddings=64,
     )
     if kind == "llama":
-        cfg = transformers.LlamaConfig(**common)
-        model = transformers.LlamaModel(cfg)
-    else:
+        model = transformers.LlamaModel(transformers.LlamaConfig(**common))
+    elif kind == "gemma2":
         cfg = transformers.Gemma2Config(**common, query_pre_attn_scalar=8)
         model = transformers.Gemma2Model(cfg)
+    elif kind == "gemma3":
+        cfg = transformers.Gemma3TextConfig(**common, query_pre_attn_scalar=8)
+        model = transformers.Gemma3TextModel(cfg)
+    elif kind == "olmo2":
+        model = transformers.Olmo2Model(transformers.Olmo2Config(**common, pad_token_id=0))
+    else:
+        cfg = transformers.GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0,
+            eos_token_id=0,
+        )  # fmt: skip
+        model = transformers.GPT2Model(cfg)
     model.eval()
     # random norm weights, so that a wrongly applied norm cannot pass unnoticed
     with torch.no_grad():
@@ -119,6 +155,17 @@ def input_of(module, model, ids):
         lambda _m, args, kwargs: got.append(args[0] if args else kwargs["hidden_states"]),
         with_kwargs=True,
     )
+    try:
+        model(input_ids=ids)
+    finally:
+        handle.remove()
+    return got[0]
+
+
+def output_of(module, model, ids):
+    """The output of ``module`` in a full forward pass (our own independent hook)."""
+    got = []
+    handle = module.register_forward_hook(lambda _m, _args, out: got.append(out))
     try:
         model(input_ids=ids)
     finally:
@@ -152,10 +199,20 @@ def test_capture_matches_hidden_states(kind: str) -> None:
         torch.testing.assert_close(model.norm(last), hs[3])
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+#: the norm whose input is the residual stream between attention and MLP (OLMo 2 has none
+#: before its MLP: the mlp reads that stream itself)
+PRE_MLP = {
+    "llama": "post_attention_layernorm",
+    "gemma2": "pre_feedforward_layernorm",
+    "gemma3": "pre_feedforward_layernorm",
+    "olmo2": "mlp",
+}
+
+
+@pytest.mark.parametrize("kind", list(PRE_MLP))
 def test_capture_mlp_out_is_the_mlp_contribution(kind: str) -> None:
     """resid_post(L) = resid_mid(L) + mlp_out(L), with resid_mid read independently as the
-    input of the norm before the MLP."""
+    input of the norm before the MLP (of the MLP itself in OLMo 2)."""
     import torch
 
     from ingest.hooks import capture
@@ -163,17 +220,63 @@ def test_capture_mlp_out_is_the_mlp_contribution(kind: str) -> None:
 
     model, ids = tiny_model(kind)
     layers = _find_layers(model)
-    pre_mlp_norm = "pre_feedforward_layernorm" if kind == "gemma2" else "post_attention_layernorm"
     with torch.no_grad():
         for layer in range(3):
             mlp = capture(model, layers, parse_hook(f"blocks.{layer}.hook_mlp_out"), input_ids=ids)
             assert mlp.shape == (2, 7, 32)
-            assert capture(model, layers, parse_hook(f"layers.{layer}.mlp"), input_ids=ids).equal(
-                mlp
-            )
             post = capture(model, layers, parse_hook(f"layers.{layer}"), input_ids=ids)
-            mid = input_of(getattr(layers[layer], pre_mlp_norm), model, ids)
+            mid = input_of(getattr(layers[layer], PRE_MLP[kind]), model, ids)
             torch.testing.assert_close(mid + mlp, post)
+
+
+@pytest.mark.parametrize("kind", list(PRE_MLP))
+def test_capture_sparsify_mlp_is_the_mlp_module_output(kind: str) -> None:
+    """sparsify trains on the output of the module its hookpoint names: ``layers.L.mlp`` is
+    ``layers[L].mlp``, before the post-MLP norm of Gemma 2/3 and OLMo 2."""
+    import torch
+
+    from ingest.hooks import capture
+    from ingest.reader import _find_layers
+
+    model, ids = tiny_model(kind)
+    layers = _find_layers(model)
+    with torch.no_grad():
+        for layer in range(3):
+            raw = capture(model, layers, parse_hook(f"layers.{layer}.mlp"), input_ids=ids)
+            torch.testing.assert_close(raw, output_of(layers[layer].mlp, model, ids))
+            tl = capture(model, layers, parse_hook(f"blocks.{layer}.hook_mlp_out"), input_ids=ids)
+            norm = getattr(layers[layer], "post_feedforward_layernorm", None)
+            if norm is None:  # Llama: no norm after the MLP, the two are one point
+                assert raw.equal(tl)
+            else:
+                assert not torch.allclose(raw, tl, atol=1e-3)
+                torch.testing.assert_close(norm(raw), tl)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "gemma3", "olmo2", "gpt2"])
+def test_capture_embedding(kind: str) -> None:
+    """``embed_tokens`` / ``wte`` / ``hook_embed`` = the embedding module's output: the token
+    embeddings, times sqrt(d_model) for Gemma; GPT-2 adds position embeddings after it, so
+    there it is not hidden_states[0]."""
+    import torch
+
+    from ingest.hooks import capture
+    from ingest.reader import _find_layers
+
+    model, ids = tiny_model(kind)
+    layers = _find_layers(model)
+    table = model.get_input_embeddings().weight
+    scale = 32**0.5 if kind.startswith("gemma") else 1.0
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for name in ("embed_tokens", "wte", "hook_embed"):
+            got = capture(model, layers, parse_hook(name), input_ids=ids)
+            torch.testing.assert_close(got, table[ids] * scale)
+        if kind == "gpt2":
+            assert not torch.allclose(got, hs[0], atol=1e-3)
+            torch.testing.assert_close(got + model.wpe.weight[:7], hs[0])
+        else:
+            torch.testing.assert_close(got, hs[0])
 
 
 def test_capture_refuses_missing_layer_and_mlp() -> None:
@@ -185,5 +288,8 @@ def test_capture_refuses_missing_layer_and_mlp() -> None:
     layers = model.layers
     with pytest.raises(ModelError, match="layer 5 does not exist"):
         capture(model, layers, parse_hook("layers.5"), input_ids=ids)
-    with pytest.raises(ModelError, match="have no 'mlp' module"):
-        hook_module(torch.nn.Linear(2, 2), HookPoint(0, "mlp_out"), "bert")
+    for kind in ("mlp_out", "mlp"):
+        with pytest.raises(ModelError, match="have no 'mlp' module"):
+            hook_module(torch.nn.Linear(2, 2), HookPoint(0, kind), "bert")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="has no input embedding"):
+        capture(torch.nn.Linear(2, 2), layers, parse_hook("embed_tokens"), input=ids)
