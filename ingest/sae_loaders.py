@@ -156,22 +156,42 @@ register_sae_format(
 
 # --- Gemma Scope 1 and 2 --------------------------------------------------------------------
 
-_GEMMA_RELEASE = re.compile(r"gemma-scope-(\d+(?:\.\d+)?[bm])-(pt|it)")
+_GEMMA_RELEASE = re.compile(r"gemma-scope-(?P<two>2-)?(?P<size>\d+(?:\.\d+)?[bm])-(?P<kind>pt|it)")
 _GEMMA_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
+#: Gemma Scope 1 release suffixes (``-res``) and Gemma Scope 2 folder names (``resid_post``,
+#: ``resid_post_all``) of one site
+_GEMMA_SITE = re.compile(
+    r"gemma-scope-[^/]*-(res|mlp|att)\b|/(resid_post|mlp_out|attn_out)(?:_all)?(?=/|$)"
+)
+
+
+def gemma3_model_name(name: str) -> str:
+    """The Hugging Face id of the Gemma 3 model a Gemma Scope 2 SAE names (``gemma-v3-1b-pt``,
+    ``google/gemma-3-1b-pt``): ``google/`` prefixed, and no ``-pt`` for 270m, whose base model
+    is published as ``google/gemma-3-270m``."""
+    name = name.replace("-v3", "-3")
+    if "/" not in name:
+        name = f"google/{name}"
+    if re.search(r"-270m-pt$", name):
+        name = name[: -len("-pt")]
+    return name
 
 
 def _gemma_scope_metadata(path: Path, generation: int) -> dict[str, Any]:
     """model_name and hook_name from a Gemma Scope release path such as
-    ``gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`` (None where not there)."""
+    ``gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`` or (Gemma Scope 2)
+    ``gemma-scope-2-1b-pt/resid_post/layer_10_width_16k_l0_small`` (None where not there)."""
     text = str(path.resolve())
     meta: dict[str, Any] = {"model_name": None, "hook_name": None}
     release = _GEMMA_RELEASE.search(text)
-    if release:
-        size, kind = release.groups()
-        family = "gemma-2" if generation == 1 else "gemma-3"
-        meta["model_name"] = f"google/{family}-{size}" + ("-it" if kind == "it" else "")
+    if release and bool(release["two"]) == (generation == 2):
+        size, kind = release["size"], release["kind"]
+        if generation == 1:
+            meta["model_name"] = f"google/gemma-2-{size}" + ("-it" if kind == "it" else "")
+        else:
+            meta["model_name"] = gemma3_model_name(f"gemma-3-{size}-{kind}")
     layer = re.search(r"layer_(\d+)", text)
-    site = re.search(r"gemma-scope-[^/]*-(res|mlp|att)\b|/(resid_post|mlp_out|attn_out)\b", text)
+    site = _GEMMA_SITE.search(text)
     if layer and site:
         word = (
             site.group(1)
@@ -222,7 +242,10 @@ def _gemma_jumprelu(
     )
 
 
-_HF_HOOK = re.compile(r"(?:model\.)?layers\.(\d+)(?:\.(.+))?")
+#: ``model.layers.L...``; a multimodal Gemma 3 (4b and up) keeps its text model under
+#: ``language_model`` (``model.language_model.layers.L``, before transformers 4.52
+#: ``language_model.model.layers.L``)
+_HF_HOOK = re.compile(r"(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)(?:\.(.+))?")
 
 
 def _hook_from_hf(hf_hook: str | None) -> str | None:
@@ -261,8 +284,7 @@ def load_gemmascope2(path: Path, *, norm_scaling_factor: float | None = None) ->
         if cfg.get("hf_hook_point_out") or cfg.get("affine_connection"):
             raise ModelError(f"{cfg_path}: Gemma Scope 2 transcoders are not supported")
         if isinstance(cfg.get("model_name"), str):
-            name = cfg["model_name"].replace("-v3", "-3")
-            meta["model_name"] = name if "/" in name else f"google/{name}"
+            meta["model_name"] = gemma3_model_name(cfg["model_name"])
         meta["hook_name"] = _hook_from_hf(cfg.get("hf_hook_point_in")) or meta["hook_name"]
         meta["gemmascope2_cfg"] = cfg
     try:
@@ -477,12 +499,13 @@ def load_dictionary_learning(path: Path, *, norm_scaling_factor: float | None = 
     sd = _torch_state_dict(weights)
     need = f"a {dict_class}"
     t: dict[str, torch.Tensor] = {}
-    t["W_enc"] = (
-        sd["W_enc"] if "W_enc" in sd else take(sd, weights, "encoder.weight", needed_for=need).T
-    )
-    t["W_dec"] = (
-        sd["W_dec"] if "W_dec" in sd else take(sd, weights, "decoder.weight", needed_for=need).T
-    )
+    # nn.Parameter classes (JumpReluAutoEncoder, MatryoshkaBatchTopKSAE) store W_enc [d_in,
+    # d_sae] and W_dec [d_sae, d_in] as SAELens does; nn.Linear ones store the transposes
+    for name, linear in (("W_enc", "encoder.weight"), ("W_dec", "decoder.weight")):
+        if name in sd:
+            t[name] = take(sd, weights, name, needed_for=need)
+        else:
+            t[name] = take(sd, weights, linear, name, needed_for=need).T
     t["b_dec"] = take(sd, weights, "b_dec", "bias", "decoder_bias", needed_for=need)
     if arch == "gated":
         t["b_gate"] = take(sd, weights, "gate_bias", needed_for=need)

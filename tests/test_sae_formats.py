@@ -97,31 +97,110 @@ def test_gemmascope_npz_missing_key(tmp_path: Path) -> None:
         load_sae(tmp_path)
 
 
-def test_gemmascope2_safetensors(tmp_path: Path) -> None:
-    p = gemma_params(2)
-    where = tmp_path / "resid_post" / "layer_7_width_16k_l0_small"
+def gemmascope2_dir(where: Path, p: dict[str, np.ndarray], cfg: dict | None) -> Path:
     where.mkdir(parents=True)
     save_file({k.lower(): torch.from_numpy(v) for k, v in p.items()}, where / "params.safetensors")
-    (where / "config.json").write_text(
-        json.dumps(
-            {
-                "architecture": "jump_relu",
-                "model_name": "gemma-v3-270m-pt",
-                "hf_hook_point_in": "model.layers.7.output",
-            }
-        )
+    if cfg is not None:
+        (where / "config.json").write_text(json.dumps({"architecture": "jump_relu", **cfg}))
+    return where
+
+
+def test_gemmascope2_safetensors(tmp_path: Path) -> None:
+    p = gemma_params(2)
+    where = gemmascope2_dir(
+        tmp_path / "resid_post" / "layer_7_width_16k_l0_small",
+        p,
+        {"model_name": "gemma-v3-1b-pt", "hf_hook_point_in": "model.layers.7.output"},
     )
     x = x_batch(3)
     assert_latents(where, "gemmascope2", gemma_reference(p, x), x)
     meta = load_sae(where).metadata
     assert (meta["model_name"], meta["hook_name"]) == (
-        "google/gemma-3-270m-pt",
+        "google/gemma-3-1b-pt",
         "blocks.7.hook_resid_post",
     )
     cfg = json.loads((where / "config.json").read_text())
     (where / "config.json").write_text(json.dumps({**cfg, "hf_hook_point_out": "x"}))
     with pytest.raises(ModelError, match="transcoders are not supported"):
         load_sae(where)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "hf_hook", "expected"),
+    [
+        # Gemma 3 270m is published without -pt (google/gemma-3-270m); the others with it
+        (
+            "gemma-v3-270m-pt",
+            "model.layers.3.output",
+            ("google/gemma-3-270m", "blocks.3.hook_resid_post"),
+        ),
+        (
+            "google/gemma-3-270m-it",
+            "model.layers.3.output",
+            ("google/gemma-3-270m-it", "blocks.3.hook_resid_post"),
+        ),
+        (
+            "google/gemma-3-27b-it",
+            "model.layers.17.post_feedforward_layernorm.output",
+            ("google/gemma-3-27b-it", "blocks.17.hook_mlp_out"),
+        ),
+        # multimodal Gemma 3 (4b and up): the text model under language_model
+        (
+            "google/gemma-3-4b-pt",
+            "model.language_model.layers.9.output",
+            ("google/gemma-3-4b-pt", "blocks.9.hook_resid_post"),
+        ),
+        (
+            "google/gemma-3-4b-pt",
+            "language_model.model.layers.9.output",
+            ("google/gemma-3-4b-pt", "blocks.9.hook_resid_post"),
+        ),
+        (
+            "google/gemma-3-12b-it",
+            "model.language_model.layers.5.post_feedforward_layernorm.output",
+            ("google/gemma-3-12b-it", "blocks.5.hook_mlp_out"),
+        ),
+        (
+            "google/gemma-3-12b-it",
+            "model.language_model.layers.5.self_attn.o_proj.input",
+            ("google/gemma-3-12b-it", "blocks.5.attn.hook_z"),
+        ),
+    ],
+)
+def test_gemmascope2_config_names(
+    tmp_path: Path, model_name: str, hf_hook: str, expected: tuple[str, str]
+) -> None:
+    where = gemmascope2_dir(
+        tmp_path / "sae", gemma_params(2), {"model_name": model_name, "hf_hook_point_in": hf_hook}
+    )
+    meta = load_sae(where).metadata
+    assert (meta["model_name"], meta["hook_name"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [
+        (
+            "gemma-scope-2-1b-pt/resid_post/layer_10_width_16k_l0_small",
+            ("google/gemma-3-1b-pt", "blocks.10.hook_resid_post"),
+        ),
+        (
+            "gemma-scope-2-4b-it/resid_post_all/layer_7_width_262k_l0_big",
+            ("google/gemma-3-4b-it", "blocks.7.hook_resid_post"),
+        ),
+        (
+            "gemma-scope-2-270m-pt/mlp_out_all/layer_3_width_16k_l0_medium",
+            ("google/gemma-3-270m", "blocks.3.hook_mlp_out"),
+        ),
+    ],
+)
+def test_gemmascope2_names_from_the_release_path(
+    tmp_path: Path, release: str, expected: tuple[str, str]
+) -> None:
+    """Without a config.json, model and hook come from the release's directory names."""
+    where = gemmascope2_dir(tmp_path / release, gemma_params(2), None)
+    meta = load_sae(where).metadata
+    assert (meta["model_name"], meta["hook_name"]) == expected
 
 
 def test_goodfire_pth(tmp_path: Path) -> None:
@@ -263,9 +342,9 @@ def test_dictionary_learning_batchtopk_and_gated(tmp_path: Path) -> None:
     x = x_batch(13)
     h = (x - b).astype(np.float64) @ p["encoder.weight"].T.astype(np.float64) + p["encoder.bias"]
     thr = np.float32(0.35)
-    where = dl_dir(
-        tmp_path, "MatryoshkaBatchTopKSAE", {**p, "b_dec": b, "threshold": np.array(thr)}, k=K
-    )
+    # BatchTopKSAE: nn.Linear encoder / decoder, b_dec, a scalar threshold and k buffers
+    batchtopk = {**p, "b_dec": b, "threshold": np.array(thr), "k": np.array(K, np.int32)}
+    where = dl_dir(tmp_path, "BatchTopKSAE", batchtopk, k=K)
     assert_latents(where, "dictionary_learning", jumprelu(h, thr), x)
     r = rng(14)
     gated = {
@@ -281,6 +360,50 @@ def test_dictionary_learning_batchtopk_and_gated(tmp_path: Path) -> None:
         proj * np.exp(gated["r_mag"].astype(np.float64)) + gated["mag_bias"], 0.0
     )
     assert_latents(dl_dir(tmp_path, "GatedAutoEncoder", gated), "dictionary_learning", ref, x)
+
+
+def dl_parameter_layout(seed: int) -> dict[str, np.ndarray]:
+    """The nn.Parameter layout of MatryoshkaBatchTopKSAE and JumpReluAutoEncoder: W_enc
+    [activation_dim, dict_size], W_dec [dict_size, activation_dim] (SAELens's shapes)."""
+    r = rng(seed)
+    return {
+        "W_enc": f32(r.standard_normal((D_IN, D_SAE)) / 4),
+        "b_enc": f32(r.standard_normal(D_SAE) * 0.3 - 0.1),
+        "W_dec": f32(r.standard_normal((D_SAE, D_IN))),
+        "b_dec": f32(r.standard_normal(D_IN)),
+    }
+
+
+def test_dictionary_learning_w_enc_layout(tmp_path: Path) -> None:
+    """MatryoshkaBatchTopKSAE: relu((x - b_dec) W_enc + b_enc), kept where above its scalar
+    threshold; JumpReluAutoEncoder: no b_dec subtraction, a per-latent threshold."""
+    p = dl_parameter_layout(16)
+    x = x_batch(17)
+    q = {k: v.astype(np.float64) for k, v in p.items()}
+    thr = np.float32(0.3)
+    state = {
+        **p,
+        "threshold": np.array(thr),
+        "k": np.array(K, np.int32),
+        "group_sizes": np.array([16, D_SAE - 16], np.int64),
+    }
+    where = dl_dir(tmp_path, "MatryoshkaBatchTopKSAE", state, k=K, group_sizes=[16, D_SAE - 16])
+    h = (x - q["b_dec"]) @ q["W_enc"] + q["b_enc"]
+    assert_latents(where, "dictionary_learning", jumprelu(h, thr), x)
+    sae = load_sae(where)
+    assert (sae.architecture, sae.apply_b_dec_to_input) == ("jumprelu", True)
+    torch.testing.assert_close(sae.W_dec, torch.from_numpy(p["W_dec"]))  # not transposed
+    thresholds = f32(rng(18).uniform(0.0, 0.6, D_SAE))
+    where = dl_dir(tmp_path, "JumpReluAutoEncoder", {**p, "threshold": thresholds})
+    h = x.astype(np.float64) @ q["W_enc"] + q["b_enc"]
+    assert_latents(where, "dictionary_learning", jumprelu(h, thresholds), x)
+    assert not load_sae(where).apply_b_dec_to_input
+    # the nn.Linear layout under the W_enc name is a shape error, not a silent transpose
+    (tmp_path / "bad").mkdir()
+    bad = {**p, "W_enc": p["W_enc"].T.copy(), "threshold": thresholds}
+    bad_dir = dl_dir(tmp_path / "bad", "JumpReluAutoEncoder", bad)
+    with pytest.raises(ModelError, match=r"'W_enc' has shape \(64, 16\).*means \(16, 64\)"):
+        load_sae(bad_dir)
 
 
 def test_dictionary_learning_unknown_class_lists_valid(tmp_path: Path) -> None:
