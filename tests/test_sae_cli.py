@@ -144,6 +144,99 @@ def test_ingest_refuses_a_mismatched_reader_unless_forced(tmp_path: Path, capsys
     assert n.to_dict("records") == [{"name": "acme", "n": 4}, {"name": "smol", "n": 4}]
 
 
+def narrow_reader(tmp_path: Path, name: str = "acme/Narrow-64") -> Path:
+    """A real (randomly initialised, 4-layer) Llama reader of hidden size 64 with the builtin
+    reader's tokenizer: a model that cannot feed a 576-wide SAE."""
+    import transformers
+
+    from ingest.reader import DEFAULT_READER, resolve_reader
+
+    real = resolve_reader(DEFAULT_READER).path
+    cfg = transformers.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    where = tmp_path / "narrow-reader"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(where)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (where / f).symlink_to(real / f)
+    config = json.loads((where / "config.json").read_text())
+    (where / "config.json").write_text(json.dumps({**config, "_name_or_path": name}))
+    return where
+
+
+def test_add_refuses_another_hidden_size_even_forced(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "s.duckdb"
+    sae = saelens_dir(tmp_path / "sae", model="acme/Narrow-64", hook="blocks.1.hook_resid_post")
+    reader = narrow_reader(tmp_path)
+    for force in ((), ("--force",)):
+        code, _, err = run(capsys, "sae", "add", store, sae, "--reader", reader, *force)
+        assert code == 1, err
+        assert "reader acme/Narrow-64 has hidden size 64 but SAE 'sae' expects d_in=576" in err
+    assert not store.exists() or listed(capsys, store) == {}
+
+
+@pytest.mark.slow
+def test_ingest_refuses_another_hidden_size_even_forced(tmp_path: Path, capsys) -> None:
+    """--force lets a reader of another name through, never one of another hidden size."""
+    import saedb
+
+    store = tmp_path / "s.duckdb"
+    sae = saelens_dir(
+        tmp_path / "smol", model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        hook="blocks.1.hook_resid_post", seed=2,
+    )  # fmt: skip
+    code, _, err = run(capsys, "sae", "add", store, sae, "--name", "smol", "--force")
+    assert code == 0, err
+    src = write_jsonl(tmp_path / "d.jsonl", fortunes("food", 3))
+    code, _, err = run(capsys, "ingest", store, src, "--dataset", "x", "--sae", "smol",
+                       "--reader", narrow_reader(tmp_path), "-q")  # fmt: skip
+    assert code == 1
+    assert "reader acme/Narrow-64 has hidden size 64 but SAE 'smol' expects d_in=576" in err
+    with saedb.open(store, read_only=True) as s:
+        assert s.sql("SELECT count(*) AS n FROM documents")["n"][0] == 0
+
+
+@pytest.mark.slow
+def test_ingest_refuses_weights_changed_since_added(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The weights file is hashed at `saedb sae add` and again at every ingest: other weights
+    at the recorded path are refused (there is no override: the latents of other weights are
+    another SAE, to add under another --name)."""
+    import saedb
+    from ingest import pipeline
+
+    monkeypatch.setattr(pipeline, "_LOADED", {})  # no model loaded by an earlier test
+    store = tmp_path / "s.duckdb"
+    hook = "blocks.1.hook_resid_post"
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    sae = saelens_dir(tmp_path / "smol", model=model, hook=hook, seed=3)
+    assert run(capsys, "sae", "add", store, sae, "--name", "smol")[0] == 0
+    registered = listed(capsys, store)["smol"]["weights_sha256"]
+    saelens_dir(sae, model=model, hook=hook, seed=4)  # retrained in place
+    assert sha256_file(sae / "sae_weights.safetensors") != registered
+    src = write_jsonl(tmp_path / "d.jsonl", fortunes("food", 3))
+    code, _, err = run(capsys, "ingest", store, src, "--dataset", "x", "--sae", "smol", "-q")
+    assert code == 1, err
+    assert f"the SAE weights at {sae} changed since they were registered as 'smol'" in err
+    assert registered[:12] in err
+    with saedb.open(store, read_only=True) as s:
+        assert s.sql("SELECT count(*) AS n FROM documents")["n"][0] == 0
+    # the same name with the new weights is refused; another name registers them
+    code, _, err = run(capsys, "sae", "add", store, sae, "--name", "smol")
+    assert code == 1 and "with other weights is already in" in err
+    assert run(capsys, "sae", "add", store, sae, "--name", "smol-v2")[0] == 0
+
+
 @pytest.mark.slow
 def test_gemma_scope_needs_hook_and_ingests_mlp_out(tmp_path: Path, capsys) -> None:
     """A format without hook or model (a bare params.npz) needs --hook; the recorded hook is
