@@ -40,6 +40,10 @@ METADATA_KEYS = (
     "dataset_path",
 )
 _FOLDED_KEY = "norm_scaling_factor_folded"
+#: ``metadata.sae_lens_version`` of the cfgs we write: the SAELens release whose cfg layout
+#: (v6, nested metadata) they follow. SAELens reads a cfg without it, or with one below 6, as
+#: a flat pre-6.0 cfg and drops the nested metadata (model_name, hook_name).
+SAELENS_CFG_VERSION = "6.0.0"
 #: Elements of ``h`` computed at once by ``encode_sparse`` (16 MiB of float32): chunks of
 #: ~1k rows keep the post-matmul passes (mask, nonzero, topk) in cache and memory bounded.
 _CHUNK_ELEMENTS = 1 << 22
@@ -307,6 +311,12 @@ def expected_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple
     return shapes
 
 
+def _v6_version(version: object) -> bool:
+    """Whether a ``sae_lens_version`` is 6 or later (the v6 cfg layout)."""
+    major = str(version or "").split(".", 1)[0]
+    return major.isdigit() and int(major) >= 6
+
+
 @dataclass(eq=False)
 class SAE:
     """A sparse autoencoder ready to encode, float32 on CPU, tensors in SAELens shapes.
@@ -411,6 +421,8 @@ class SAE:
     def cfg(self) -> dict[str, Any]:
         """The SAELens v6 cfg.json of this SAE (dtype float32; save_saelens sets the saved one)."""
         metadata = dict(self.metadata)
+        if not _v6_version(metadata.get("sae_lens_version")):
+            metadata["sae_lens_version"] = SAELENS_CFG_VERSION
         normalize = self.normalize_activations
         if normalize == "expected_average_only_in":
             normalize, metadata[_FOLDED_KEY] = "none", self.norm_scaling_factor

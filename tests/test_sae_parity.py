@@ -1,7 +1,8 @@
 """Parity with the reference libraries: SAEs built and saved by the real ``sae-lens`` and
 ``eai-sparsify`` packages (random weights, small sizes, their own save functions), loaded by
 saedb, give the same latents on the same inputs: the same nonzero (token, latent) pairs
-exactly, values to float32 tolerance."""
+exactly, values to float32 tolerance. And the other way: SAEs that saedb saved or trained
+load in ``sae-lens`` and give there the latents they give in saedb."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sae_lens  # dev dependencies (pyproject dev extra, make venv)
 import sparsify  # noqa: F401 - eai-sparsify
 import torch
 
-from ingest.sae import SAE, load_sae
+from ingest.sae import SAE, load_sae, save_saelens
 from ingest.sae_formats import detect_sae_format
 from saedb.errors import ModelError
 
@@ -189,6 +190,91 @@ def test_saelens_batchtopk_as_jumprelu(tmp_path: Path, arch: str, rescale: bool)
         assert ours.architecture == "jumprelu"
         assert_same_latents(ours, expected, x)
     assert load_sae(tmp_path / "checkpoint").metadata["saved_architecture"] == arch
+
+
+# --- saedb -> SAELens -------------------------------------------------------------------------
+
+
+def saedb_sae(arch: str, seed: int, **kw: object) -> SAE:
+    """An SAE of ``arch`` built by saedb, with random weights biased so some latents fire."""
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5,
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_dec": torch.randn(D_IN, generator=g) * 0.4,
+    }
+    if arch == "gated":
+        t |= {n: torch.randn(D_SAE, generator=g) * 0.4 - 0.1 for n in ("b_gate", "r_mag", "b_mag")}
+    else:
+        t["b_enc"] = torch.randn(D_SAE, generator=g) * 0.4 - 0.1
+    if arch == "jumprelu":
+        t["threshold"] = torch.rand(D_SAE, generator=g) * 0.4
+    k = K if arch in ("topk", "abstopk") else None
+    return SAE(architecture=arch, **t, k=k, metadata=dict(META), **kw)  # type: ignore[arg-type]
+
+
+SAVED_CASES = [
+    ("standard", {}),
+    ("standard", {"apply_b_dec_to_input": False, "normalize_activations": "layer_norm"}),
+    ("standard", {"normalize_activations": "constant_norm_rescale"}),
+    ("topk", {}),
+    ("topk", {"rescale_acts_by_decoder_norm": True}),
+    ("abstopk", {}),
+    ("jumprelu", {}),
+    # saved with the factor folded in and normalize_activations none: SAELens reads raw x
+    ("jumprelu", {"normalize_activations": "expected_average_only_in", "norm_scaling_factor": 0.3}),
+    ("gated", {}),
+]
+
+
+def assert_saelens_agrees(path: Path, ours: SAE, x: torch.Tensor) -> None:
+    """SAELens loads the directory saedb wrote, and its latents are saedb's: those of the SAE
+    in memory and of saedb's reload of the directory."""
+    ref = sae_lens.SAE.load_from_disk(path, device="cpu")
+    assert ref.cfg.metadata.hook_name == META["hook_name"]
+    assert ref.cfg.metadata.model_name == META["model_name"]
+    ref.eval()
+    with torch.no_grad():
+        expected = ref.encode(x)
+    assert_same_latents(ours, expected, x)
+    assert_same_latents(load_sae(path), expected, x)
+
+
+@pytest.mark.parametrize(("arch", "kw"), SAVED_CASES, ids=lambda v: str(v))
+def test_saelens_loads_what_saedb_saves(tmp_path: Path, arch: str, kw: dict) -> None:
+    ours = saedb_sae(arch, seed=21, **kw)
+    x = inputs(22) * (4 if "norm_scaling_factor" in kw else 1)
+    assert_saelens_agrees(save_saelens(ours, tmp_path / "sae"), ours, x)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_saelens_loads_what_saedb_trains(tmp_path: Path, arch: str) -> None:
+    """A few steps of saedb's trainer (constant_norm_rescale inputs; batchtopk and matryoshka
+    saved as jumprelu), saved as ``saedb train-sae`` saves it, read by SAELens."""
+    from ingest.activations import ArraySource
+    from ingest.config import TrainConfig
+    from ingest.train import train
+
+    g = torch.Generator().manual_seed(23)
+    acts = (torch.randn(1536, D_IN, generator=g) * torch.rand(D_IN, generator=g) * 3).numpy()
+    cfg = TrainConfig(
+        architecture=arch,
+        d_sae=D_SAE,
+        k=K,
+        batch_size=128,
+        max_steps=12,
+        threshold_decay=0.9,
+        val_fraction=0.1,
+        val_tokens=128,
+        shuffle_tokens=512,
+        dead_tokens_threshold=256,
+    )
+    result = train(ArraySource(acts, val_fraction=0.1), cfg, metadata=dict(META), progress=False)
+    ours = result.sae
+    assert ours.architecture == ("topk" if arch == "topk" else "jumprelu")
+    assert ours.normalize_activations == "constant_norm_rescale"
+    x = torch.from_numpy(acts[:N]) + 0.1
+    assert_saelens_agrees(save_saelens(ours, tmp_path / "sae"), ours, x)
 
 
 # --- sparsify ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from ingest.sae import (
     SAE,
     SAE_FORMATS,
+    SAELENS_CFG_VERSION,
     SAEFormat,
     load_sae,
     load_saelens,
@@ -111,6 +112,11 @@ def test_v6_cfg_fields(tmp_path: Path) -> None:
         "metadata",
     } <= cfg.keys()
     assert cfg["architecture"] == "topk" and cfg["k"] == 5 and cfg["d_sae"] == D_SAE
+    # SAELens reads a cfg without metadata.sae_lens_version >= 6 as a flat pre-6.0 one
+    assert cfg["metadata"]["sae_lens_version"] == SAELENS_CFG_VERSION == "6.0.0"
+    later = make_sae("topk")
+    later.metadata["sae_lens_version"] = "6.54.12"  # as SAELens itself saved it: kept
+    assert later.cfg["metadata"]["sae_lens_version"] == "6.54.12"
     assert {
         "model_name",
         "hook_name",
@@ -160,6 +166,7 @@ def test_legacy_flat_cfg(tmp_path: Path) -> None:
         "activation_fn_str": "relu",
         "l1_coefficient": 8e-5,
         "normalize_activations": False,
+        "sae_lens_version": "2.1.3",
     }
     path = write_dir(tmp_path / "legacy", cfg, {k: v.bfloat16() for k, v in t.items()})
     sae = load_sae(path)
@@ -170,6 +177,10 @@ def test_legacy_flat_cfg(tmp_path: Path) -> None:
     assert sae.metadata["l1_coefficient"] == 8e-5
     assert sae.W_enc.dtype == torch.float32
     torch.testing.assert_close(sae.W_enc, t["W_enc"].bfloat16().float(), rtol=0, atol=0)
+    # saved again, it is a v6 cfg: a version below 6 would make SAELens read it as flat
+    saved = json.loads((save_saelens(sae, tmp_path / "v6") / "cfg.json").read_text())
+    assert saved["metadata"]["sae_lens_version"] == SAELENS_CFG_VERSION
+    assert saved["metadata"]["hook_name"] == "blocks.8.hook_resid_pre"
 
 
 def test_legacy_topk_cfg(tmp_path: Path) -> None:
