@@ -108,7 +108,9 @@ def load_components(rec: SaeRecord, reader_spec: str | None, rcfg: ReaderConfig)
         if sae.weights_sha256 != rec.weights_sha256:
             raise ModelError(
                 f"the SAE weights at {rec.path} changed since they were registered as "
-                f"'{rec.name}' (sha256 {sae.weights_sha256[:12]} != {rec.weights_sha256[:12]})"
+                f"'{rec.name}' (sha256 {sae.weights_sha256[:12]} != {rec.weights_sha256[:12]}); "
+                f"register the new weights under another name (saedb sae add STORE "
+                f"{rec.path} --name NEW) and ingest with --sae NEW"
             )
         reader = Reader(resolved, hook, rcfg)
         if reader.d_model != sae.d_in:

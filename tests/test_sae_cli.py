@@ -229,6 +229,7 @@ def test_ingest_refuses_weights_changed_since_added(tmp_path: Path, capsys, monk
     assert code == 1, err
     assert f"the SAE weights at {sae} changed since they were registered as 'smol'" in err
     assert registered[:12] in err
+    assert "--name NEW) and ingest with --sae NEW" in err  # says what to do
     with saedb.open(store, read_only=True) as s:
         assert s.sql("SELECT count(*) AS n FROM documents")["n"][0] == 0
     # the same name with the new weights is refused; another name registers them
