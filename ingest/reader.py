@@ -226,7 +226,9 @@ class Reader:
         hook_module(self.layers[self.hook.layer], self.hook, self.resolved.model_name)
         self.prefix_ids, self.suffix_ids = self._special_frame()
         self.pad_id = _pad_id(self.tokenizer)
-        self.max_positions = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
+        self.max_positions = int(
+            getattr(_text_config(hf_config), "max_position_embeddings", 1 << 30)
+        )
         frame = len(self.prefix_ids) + len(self.suffix_ids)
         # Windows must fit the model (e.g. 512 positions for BERT-style encoders): shrink the
         # window, never the document. The effective size is what `windows` uses.
@@ -393,7 +395,15 @@ def _pad_id(tok) -> int:
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
+def _text_config(cfg):
+    """The config of the language model: ``cfg`` itself, or a multimodal model's
+    ``text_config`` (Gemma 3 4b and larger keep the layer count and width there)."""
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
 def _n_layers(cfg) -> int:
+    cfg = _text_config(cfg)
     for key in _LAYER_COUNT_KEYS:
         if getattr(cfg, key, None) is not None:
             return int(getattr(cfg, key))
@@ -401,6 +411,7 @@ def _n_layers(cfg) -> int:
 
 
 def _set_n_layers(cfg, n: int) -> None:
+    cfg = _text_config(cfg)
     for key in _LAYER_COUNT_KEYS:
         if getattr(cfg, key, None) is not None:
             setattr(cfg, key, n)
@@ -408,6 +419,7 @@ def _set_n_layers(cfg, n: int) -> None:
 
 
 def _hidden_size(cfg) -> int:
+    cfg = _text_config(cfg)
     for key in ("hidden_size", "n_embd", "d_model"):
         if getattr(cfg, key, None) is not None:
             return int(getattr(cfg, key))
@@ -423,6 +435,9 @@ _LAYER_PATHS = (
     "gpt_neox.layers",
     "decoder.layers",
     "model.decoder.layers",
+    "language_model.layers",  # multimodal Gemma 3 (transformers 5: Gemma3Model)
+    "model.language_model.layers",
+    "language_model.model.layers",  # multimodal Gemma 3 before transformers 4.52
 )
 
 
