@@ -15,6 +15,10 @@ and compared with the store's (``doc_latents`` per partition too): nothing is si
 dropped. ``manifest.json`` is written last and lists the tables, their columns, row counts
 and files (size and SHA-256), the store's schema version and saedb's version; a directory
 without it is an unfinished export.
+
+While ``saedb serve`` holds the store (no other process may open the file), the export reads
+a snapshot taken through the server in one transaction (:mod:`saedb.server.snapshot`), and
+the manifest says so under ``read_from``.
 """
 
 from __future__ import annotations
@@ -346,8 +350,29 @@ def export(
     if not store.exists():
         raise StoreError(f"no store at {store}; create it with: saedb init {store}")
     out = Path(out_dir)
+    from saedb.server.snapshot import readable_store
+
+    notify = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    with readable_store(store, notify=notify) as (path, read_from):
+        manifest = _export(store, path, out, fmt, overwrite, tables, progress)
+    if read_from is not None:
+        manifest["read_from"] = read_from
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _export(
+    store: Path,
+    path: Path,
+    out: Path,
+    fmt: str,
+    overwrite: bool,
+    tables: list[str] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Export the store readable at ``path`` (the store, or a snapshot of it); the manifest."""
     try:
-        con = duckdb.connect(str(store), read_only=True)
+        con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
         raise StoreError(f"cannot open {store} read-only: {exc}") from exc
     try:
@@ -391,7 +416,7 @@ def export(
         raise StoreError(f"exporting {store} to {out} failed: {exc}") from exc
     finally:
         con.close()
-    manifest = {
+    return {
         "saedb_version": __version__,
         "schema_version": schema_version,
         "format": fmt,
@@ -401,5 +426,3 @@ def export(
         "not_exported": {t: why for t, why in SKIPPED.items()},
         "tables": {r.name: r.manifest_entry() for r in results},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest

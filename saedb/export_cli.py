@@ -26,7 +26,9 @@ def add_parsers(sub: Any) -> None:
         "strings, timestamps in UTC, no DuckDB-only types), then read each table's row count "
         "back from the files and compare it with the store's. DIR/manifest.json, written "
         "last, lists tables, columns, row counts, files with sizes and SHA-256, the schema "
-        "version and saedb's version. Pair it with saedb sql-export for the analyses.",
+        "version and saedb's version. While saedb serve holds the store, the tables are read "
+        "through it in one transaction (a snapshot in a temporary file next to the store). "
+        "Pair it with saedb sql-export for the analyses.",
     )
     p.add_argument("store", help="path of the store (a DuckDB file made by saedb init)")
     p.add_argument("dir", help="directory to write into (new or empty, unless --overwrite)")

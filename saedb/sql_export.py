@@ -331,6 +331,22 @@ def table_ddl(con: duckdb.DuckDBPyConnection, dialect: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _schema_version(store: Path) -> int:
+    """The store's schema version: read from the file, or, while ``saedb serve`` holds it
+    (no other process may open it), asked of that server."""
+    from saedb import migrations
+    from saedb.server.snapshot import held_by_another_process, open_error, served_schema_version
+
+    try:
+        with duckdb.connect(str(store), read_only=True) as stored:
+            return migrations.current_version(stored)
+    except duckdb.Error as exc:
+        version = served_schema_version(store) if held_by_another_process(exc) else None
+        if version is None:
+            raise open_error(store, exc) from exc
+        return version
+
+
 def sql_export(store: str | Path, dialect: str) -> SqlExport:
     """Transpile every catalog object for ``dialect`` (one of :data:`DIALECTS`).
 
@@ -342,10 +358,9 @@ def sql_export(store: str | Path, dialect: str) -> SqlExport:
     store = Path(store)
     if not store.exists():
         raise StoreError(f"no store at {store}; create it with: saedb init {store}")
-    with duckdb.connect(str(store), read_only=True) as stored:
-        from saedb import migrations
+    from saedb import migrations
 
-        found, known = migrations.current_version(stored), migrations.latest_version()
+    found, known = _schema_version(store), migrations.latest_version()
     if found != known:
         raise StoreError(
             f"{store} is at schema version {found} and this saedb at {known}: the exported SQL "

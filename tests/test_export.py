@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -17,7 +20,9 @@ import pytest
 from saedb.cli import main
 from saedb.errors import ConfigError, StoreError
 from saedb.export import export, portable_type
+from saedb.sql_export import sql_export
 from tests.export_store import build_store
+from tests.serve_util import ROOT, serve
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +242,69 @@ def test_empty_store(tmp_path: Path) -> None:
     schema = pq.read_schema(tmp_path / "out" / only["path"])
     assert {"doc_id", "latent_id", "sae_id", "dataset_id"} <= set(schema.names)
     assert all(t["rows"] == 0 for n, t in manifest["tables"].items() if n != "settings")
+
+
+def test_export_and_sql_export_while_served(
+    store: Path, exported: tuple[Path, dict], tmp_path: Path, capsys
+) -> None:
+    """While saedb serve holds the store (no other process may open the file), export reads a
+    snapshot through the server, in one transaction even while an ingest commits; sql-export
+    asks it for the schema version. Both give what they give without a server."""
+    path = tmp_path / "served.duckdb"
+    shutil.copy(store, path)
+    reference_out, reference = exported
+    with serve(path):
+        with pytest.raises(duckdb.IOException, match="lock"):
+            duckdb.connect(str(path), read_only=True)
+        manifest = export(path, tmp_path / "quiet", progress=False)
+        assert manifest["read_from"].startswith("a snapshot read through saedb serve (pid ")
+        assert set(manifest["tables"]) == set(reference["tables"])
+        for table, entry in manifest["tables"].items():
+            want = reference["tables"][table]
+            assert (entry["rows"], entry["columns"]) == (want["rows"], want["columns"]), table
+            hive = bool(entry["partition_by"])
+            pattern = "**/*.parquet" if hive else "*.parquet"
+            cols = ", ".join(_comparable(f'"{c["name"]}"', c["type"]) for c in entry["columns"])
+            with duckdb.connect() as con:
+                got, expected = (
+                    sorted(
+                        con.execute(
+                            f"SELECT {cols} FROM read_parquet('{root / entry['path'] / pattern}', "
+                            f"hive_partitioning = {hive})"
+                        ).fetchall(),
+                        key=repr,
+                    )
+                    for root in (tmp_path / "quiet", reference_out)
+                )
+            assert got == expected, table
+
+        assert main(["sql-export", str(path), "--dialect", "postgres", "-q"]) == 0
+        assert capsys.readouterr().out == sql_export(store, "postgres").script()
+
+        writer = subprocess.Popen(  # batches of 20 documents, 4 latent rows each
+            [sys.executable, "tests/serve_util.py", str(path), "synth", "200", "20", "0.01"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert writer.stdout.readline().startswith("committed")
+            assert main(["export", str(path), str(tmp_path / "busy")]) == 0
+            assert "held by saedb serve" in capsys.readouterr().err
+        finally:
+            writer.kill()
+            writer.wait()
+    busy = tmp_path / "busy"
+    with duckdb.connect() as con:
+        n_docs, n_latents = con.execute(
+            f"""
+            SELECT count(DISTINCT d.doc_id), count(l.doc_id)
+            FROM read_parquet('{busy}/documents/*.parquet') d
+            JOIN read_parquet('{busy}/datasets/*.parquet') s USING (dataset_id)
+            LEFT JOIN read_parquet('{busy}/doc_latents/**/*.parquet', hive_partitioning = true)
+                l ON l.doc_id = d.doc_id
+            WHERE s.name = 'synth'
+            """
+        ).fetchall()[0]
+    assert n_docs > 0 and n_docs % 20 == 0 and n_latents == 4 * n_docs
+    assert not list(tmp_path.glob(".served.duckdb.snapshot-*"))  # the snapshot is removed

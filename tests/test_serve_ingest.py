@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 import duckdb
 import psycopg
 
+from saedb.server.ingest_channel import open_for_ingest, serve_file
+from saedb.store import Store
 from tests.conftest import fortunes, write_jsonl
 from tests.export_store import build_store
 from tests.serve_util import ROOT, serve
@@ -140,3 +143,48 @@ def test_killed_server_loses_no_committed_document(tmp_path):
     with duckdb.connect(str(store), read_only=True) as con:
         n = _consistent(con, "synth")
     assert committed <= n < 400 * BATCH
+
+
+def test_stale_serve_file_falls_back_to_direct_ingest(store_path, tmp_path):
+    """A STORE.serve.json left by a killed server: its pid is gone, and its port now belongs
+    to something that accepts and never answers. saedb ingest says so and ingests directly
+    (it used to wait on that port for ever)."""
+    src = write_jsonl(tmp_path / "people.jsonl", fortunes("people", 4))
+    squatter = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or answers
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    info = {
+        "pid": gone.pid,
+        "host": "127.0.0.1",
+        "port": 1,
+        "ingest_port": squatter.getsockname()[1],
+        "token": "0" * 48,
+    }
+    serve_file(store_path).write_text(json.dumps(info))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "saedb.cli", "ingest", str(store_path), str(src)]
+            + ["--dataset", "people", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"(pid {gone.pid}) is not running" in out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1])["documents"] == 4
+        assert not serve_file(store_path).exists()  # the stale file is cleaned up
+
+        # a live pid (this one) whose port does not answer as saedb serve: not trusted either
+        serve_file(store_path).write_text(json.dumps(dict(info, pid=os.getpid())))
+        heard = []
+        started = time.monotonic()
+        with open_for_ingest(store_path, notify=heard.append) as store:
+            assert isinstance(store, Store)
+            assert store.sql("SELECT count(*) AS n FROM documents")["n"][0] == 4
+        assert time.monotonic() - started < 30
+        assert "does not answer as that saedb serve" in heard[0]
+        assert serve_file(store_path).exists()  # a live pid's file is left alone
+    finally:
+        squatter.close()
+        serve_file(store_path).unlink(missing_ok=True)

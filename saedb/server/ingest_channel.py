@@ -13,6 +13,11 @@ store before or after a batch, never half of one. An ingester killed mid-request
 incomplete message that is dropped; its run is marked 'interrupted' when its connection
 closes; a server killed mid-batch leaves an uncommitted transaction that DuckDB discards on
 the next open. Re-running the same ingest skips what was committed.
+
+The same channel answers ``hello`` (is this the server of that file?) and the read-only
+requests of :mod:`saedb.server.snapshot`. A ``STORE.serve.json`` left by a server that was
+killed is recognised (its pid is gone, or its port does not answer with its token) and
+``saedb ingest`` opens the store directly, saying so.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import os
 import secrets
 import socket
 import struct
+import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from saedb import errors
@@ -45,6 +53,9 @@ METHODS = (
     "write_batch",
     "get_setting",
 )
+"""Store methods an ingester may call, run one at a time on the writer thread."""
+HELLO_TIMEOUT_S = 5.0
+"""How long ``connect_if_served`` waits for the server named in STORE.serve.json to answer."""
 
 
 def serve_file(store: Path) -> Path:
@@ -87,11 +98,22 @@ def _decode_value(value: Any) -> Any:
 # -- server side -------------------------------------------------------------------------------
 
 
-class IngestListener:
-    """Runs ingest requests against the server's Store, one at a time."""
+def _reply(**reply: Any) -> bytes:
+    body = json.dumps(reply).encode()
+    return struct.pack("!Q", len(body)) + body
 
-    def __init__(self, store: Store) -> None:
+
+class IngestListener:
+    """Runs ingest requests against the server's Store, one at a time, and snapshots.
+
+    ``cursor`` makes a new cursor of the server's connection (for reads that must not wait
+    for the writer); by default one of the store's own connection."""
+
+    def __init__(
+        self, store: Store, cursor: Callable[[], duckdb.DuckDBPyConnection] | None = None
+    ) -> None:
         self.store = store
+        self.cursor = cursor or store.con.cursor
         self.token = secrets.token_hex(24)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saedb-writer")
         self.server: asyncio.base_events.Server | None = None
@@ -129,7 +151,20 @@ class IngestListener:
                 method = header.get("method")
                 args = dict(header.get("args", {}))
                 args.update(tables)
-                if method not in METHODS:
+                if method == "hello":
+                    value = {"pid": os.getpid(), "store": str(self.store.path)}
+                    reply = {"ok": True, "value": value}
+                elif method == "snapshot":
+                    from saedb.server.snapshot import send_snapshot
+
+                    await send_snapshot(self.cursor(), writer, _reply)
+                    continue
+                elif method == "schema_version":
+                    from saedb.server.snapshot import schema_version
+
+                    value = await asyncio.to_thread(schema_version, self.cursor())
+                    reply = {"ok": True, "value": value}
+                elif method not in METHODS:
                     reply = {
                         "ok": False,
                         "type": "StoreError",
@@ -153,8 +188,7 @@ class IngestListener:
                             "type": "StoreError",
                             "error": f"{type(exc).__name__}: {exc}",
                         }
-                body = json.dumps(reply).encode()
-                writer.write(struct.pack("!Q", len(body)) + body)
+                writer.write(_reply(**reply))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -189,11 +223,20 @@ class RemoteStore:
 
     read_only = False
 
-    def __init__(self, path: Path, host: str, port: int, token: str) -> None:
+    def __init__(
+        self, path: Path, host: str, port: int, token: str, pid: int | None = None
+    ) -> None:
         self.path = path
         self.token = token
-        self.sock = socket.create_connection((host, port), timeout=None)
+        self.pid = pid
+        self.sock = socket.create_connection((host, port), timeout=HELLO_TIMEOUT_S)
         self._lock = threading.Lock()
+        try:  # a port that answers is not enough: it must be that server, with that token
+            self._request("hello")
+        except BaseException:
+            self.close()
+            raise
+        self.sock.settimeout(None)
 
     def _request(self, method: str, tables: dict[str, pa.Table] | None = None, **args: Any) -> Any:
         header = {"token": self.token, "method": method, "args": args}
@@ -279,21 +322,63 @@ class RemoteStore:
         self.close()
 
 
-def connect_if_served(path: str | Path) -> RemoteStore | None:
-    """A RemoteStore when a live ``saedb serve`` holds ``path``, else None."""
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:  # a killed server that its parent has not reaped yet is gone too
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def connect_if_served(
+    path: str | Path, *, notify: Callable[[str], None] | None = None
+) -> RemoteStore | None:
+    """A RemoteStore when a live ``saedb serve`` holds ``path``, else None.
+
+    A STORE.serve.json whose server is gone (its pid is not running, or its port does not
+    answer with its token within HELLO_TIMEOUT_S) is stale: ``notify`` hears why, and the
+    file is removed when its pid is gone."""
     path = Path(path)
     info_path = serve_file(path)
     try:
         info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
+    except OSError:
         return None
-    try:
-        return RemoteStore(path, info["host"], int(info["ingest_port"]), info["token"])
-    except (OSError, KeyError, ValueError):
-        return None  # a stale file from a server that is gone: open the store directly
+    except ValueError:
+        info = {}
+    pid = info.get("pid")
+    if not _pid_alive(pid):
+        with contextlib.suppress(OSError):
+            info_path.unlink()
+        why = f"the saedb serve that wrote it (pid {pid}) is not running; removed it"
+    else:
+        try:
+            return RemoteStore(path, info["host"], int(info["ingest_port"]), info["token"], pid=pid)
+        except (OSError, KeyError, ValueError, TypeError, SaedbError) as exc:
+            why = (
+                f"pid {pid} is running but its port {info.get('ingest_port')} does not answer "
+                f"as that saedb serve ({exc})"
+            )
+    if notify is not None:
+        notify(f"saedb: {info_path} is stale: {why}; opening {path} directly")
+    return None
 
 
-def open_for_ingest(path: str | Path) -> Store | RemoteStore:
+def open_for_ingest(
+    path: str | Path, *, notify: Callable[[str], None] | None = _stderr
+) -> Store | RemoteStore:
     """The store to ingest into: through ``saedb serve`` when one holds it, else directly."""
-    remote = connect_if_served(path)
+    remote = connect_if_served(path, notify=notify)
     return remote if remote is not None else Store(path)
