@@ -13,7 +13,8 @@ from saedb.errors import ConfigError
 DESCRIPTION = """\
 Serve the store to BI tools and SQL clients over the Postgres wire protocol (psql, pgJDBC,
 psycopg, SQLAlchemy, ODBC). This process becomes the store's only writer: `saedb ingest` on
-the same store then sends its batches through this server, and readers keep working.
+the same store then sends its batches through this server, and readers keep working;
+`saedb export` and `saedb sql-export` read a consistent snapshot through it.
 Users are read-only unless given the writer role; password authentication is SCRAM-SHA-256.
 The default user's password comes from $SAEDB_SERVE_PASSWORD, else from the users file
 (STORE.users.json, salted verifiers only), else one is generated and printed once."""

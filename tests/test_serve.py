@@ -6,12 +6,20 @@ answers are compared with DuckDB's on a copy of the store made before the server
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import ipaddress
 import json
+import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import sys
 import threading
 import time
+import zoneinfo
 from pathlib import Path
 
 import duckdb
@@ -21,7 +29,7 @@ import pytest
 from saedb.server import pgcatalog
 from saedb.server import types as pgt
 from tests.export_store import build_store
-from tests.serve_util import PASSWORD, serve
+from tests.serve_util import PASSWORD, serve, serve_in_process
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pg_driver_queries"
 JAR = Path("/usr/share/java/postgresql.jar")
@@ -172,6 +180,214 @@ def test_psycopg_parameters_and_types(server):
             assert cur.description[0].name == "i"
 
 
+def test_binary_parameters_of_every_decoded_type(server):
+    """%b sends parameters in Postgres's binary formats: numeric, time, interval and jsonb
+    are decoded as such (they were read as text), others are refused by name."""
+    from psycopg.types.json import Jsonb
+
+    values = [
+        decimal.Decimal("12.345"),
+        decimal.Decimal("-0.000120"),
+        decimal.Decimal("123456789012345678.9"),
+        decimal.Decimal("10000"),
+        decimal.Decimal("0"),
+        dt.time(1, 2, 3, 400000),
+        dt.time(23, 59, 59, 999999),
+        dt.timedelta(days=2, seconds=5, microseconds=7),
+        dt.timedelta(days=-1, seconds=3),
+    ]
+    with psycopg.connect(server.dsn(), autocommit=True) as con:
+        for v in values:
+            got, kind = con.execute("SELECT %b AS v, typeof(%b) AS t", [v, v]).fetchone()
+            assert got == v and str(got) == str(v), (v, got, kind)
+            assert kind.split("(")[0] in ("DECIMAL", "TIME", "INTERVAL"), kind
+        got = con.execute(
+            "SELECT CAST(%b AS JSON) AS j, CAST(%b AS JSON)->>'a' AS a",
+            [Jsonb({"a": [1, "ü"]}), Jsonb({"a": "x"})],
+        ).fetchone()
+        assert got == ({"a": [1, "ü"]}, "x")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="OID 869"):
+            con.execute("SELECT %b AS ip", [ipaddress.ip_address("127.0.0.1")])
+        assert con.execute("SELECT 6").fetchone() == (6,)
+
+
+def test_binary_interval_keeps_months():
+    """A month is not 30 days: an interval's months reach DuckDB as months."""
+    value = pgt.decode_param(pgt.INTERVAL, struct.pack("!qii", 5, 2, 1), True)
+    with duckdb.connect() as con:
+        assert con.execute(
+            "SELECT CAST(? AS VARCHAR), DATE '2024-01-31' + ?", [value, value]
+        ).fetchall() == [("1 month 2 days 00:00:00.000005", dt.datetime(2024, 3, 2, 0, 0, 0, 5))]
+    numeric = struct.pack("!hhHh3h", 3, 1, 0x4000, 6, 12, 3456, 7800)  # 12|3456.|7800, 6 places
+    assert str(pgt.decode_param(pgt.NUMERIC, numeric, True)) == "-123456.780000"
+
+
+def test_internal_errors_are_error_responses_and_the_session_goes_on(server):
+    """A failure that is no PgError (a value no binary format holds, bytes that are not
+    UTF-8) comes back as an ErrorResponse; the connection stays open and usable."""
+    with psycopg.connect(server.dsn(), autocommit=True) as con:
+        with pytest.raises(psycopg.Error) as err:
+            con.execute("SELECT '294247-01-01'::TIMESTAMP AS t", binary=True)
+        assert err.value.sqlstate == "XX000" and "internal error" in str(err.value)
+        assert con.execute("SELECT 7").fetchone() == (7,)
+        for binary in (False, True):  # simple query, then Parse
+            with pytest.raises(psycopg.Error) as err:
+                con.execute(b"SELECT '\xff' AS b", binary=binary)
+            assert err.value.sqlstate == "22021", binary
+            assert con.execute("SELECT 8").fetchone() == (8,)
+    with psycopg.connect(server.dsn()) as con:  # inside a transaction: aborted, as Postgres
+        con.execute("SELECT 1")
+        with pytest.raises(psycopg.Error):
+            con.execute("SELECT '294247-01-01'::TIMESTAMP AS t", binary=True)
+        assert con.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            con.execute("SELECT 1")
+        con.rollback()
+        assert con.execute("SELECT 9").fetchone() == (9,)
+
+
+def test_several_statements_in_one_extended_query(server):
+    """Parse takes one statement, as in Postgres: a reader's hidden write is refused as
+    such, and nothing runs (no transaction is left open behind the client's back)."""
+    with psycopg.connect(server.dsn(), autocommit=True) as con:
+        before = con.execute("SELECT count(*) FROM documents").fetchone()[0]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="DELETE"):
+            con.execute("BEGIN; DELETE FROM documents", binary=True)
+        with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):
+            con.execute("BEGIN; SELECT 1", binary=True)
+        with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):
+            con.execute("SELECT %s; SELECT 2", [1])
+        assert con.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        con.execute("BEGIN")  # fails if DuckDB had been left inside a transaction
+        con.execute("ROLLBACK")
+        assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == before
+
+
+def test_session_statement_timeout_and_timezone(server):
+    """SET statement_timeout interrupts this session's long queries; SET TimeZone changes how
+    its timestamptz values are written and is reported to the client (ParameterStatus)."""
+    slow = "SELECT count(*) FROM range(1000000000000) a, range(10) b"
+    instant = "TIMESTAMPTZ '2024-01-02 03:04:05.5+00'"
+    with psycopg.connect(server.dsn(), autocommit=True) as con:
+        con.execute("SET statement_timeout = 300")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="SET statement_timeout"):
+            con.execute(slow)
+        assert time.monotonic() - started < 20
+        con.execute("SET statement_timeout TO '1.5s'")
+        assert con.execute("SHOW statement_timeout").fetchone() == ("1.5s",)
+        with pytest.raises(psycopg.errors.QueryCanceled, match=r"1\.5 s"):
+            con.execute(slow)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="statement_timeout"):
+            con.execute("SET statement_timeout = 'soon'")
+        con.execute("RESET statement_timeout")
+        assert con.execute("SHOW statement_timeout").fetchone() == ("0",)
+
+        assert con.info.parameter_status("TimeZone") == "UTC"
+        con.execute("SET TimeZone = 'America/New_York'")
+        assert con.info.parameter_status("TimeZone") == "America/New_York"
+        assert con.execute("SHOW TimeZone").fetchone() == ("America/New_York",)
+        want = dt.datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=dt.UTC)
+        for binary in (False, True):
+            (got,) = con.execute(f"SELECT {instant} AS t", binary=binary).fetchone()
+            assert got == want and got.utcoffset() == dt.timedelta(hours=-5), binary
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="TimeZone"):
+            con.execute("SET TimeZone = 'Nowhere/Special'")
+        con.execute("RESET TimeZone")
+        assert con.info.parameter_status("TimeZone") == "UTC"
+    out = psql(
+        server,
+        "SET TIME ZONE 'Asia/Kolkata'",
+        f"SELECT {instant} AS t",
+        "SET TIME ZONE -5",
+        f"SELECT {instant} AS t, ARRAY[{instant}] AS a",
+    )
+    assert "2024-01-02 08:34:05.500000+05:30" in out
+    assert '2024-01-01 22:04:05.500000-05 | {"2024-01-01 22:04:05.500000-05"}' in out
+    options = "-c TimeZone=Europe/Paris -c statement_timeout=250"
+    with psycopg.connect(server.dsn(options=f"'{options}'"), autocommit=True) as con:
+        assert con.info.parameter_status("TimeZone") == "Europe/Paris"
+        (got,) = con.execute(f"SELECT {instant} AS t").fetchone()
+        assert got.tzinfo is not None and got.utcoffset() == dt.timedelta(hours=1)
+        assert got.astimezone(zoneinfo.ZoneInfo("Europe/Paris")).hour == 4
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            con.execute(slow)
+
+
+def _stalled_handshake(port: int) -> socket.socket:
+    """A socket that sends a startup packet, reads the SASL request and then stalls."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = struct.pack("!i", 196608) + b"user\0saedb\0database\0store\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    assert sock.recv(1) == b"R"
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def test_connections_in_handshake_count_and_time_out():
+    """Sockets that never finish their handshake hold a connection slot only until the
+    handshake timeout, and silent ones cannot pile up beyond twice max_connections."""
+    with serve_in_process(max_connections=2, handshake_timeout=1.5) as s:
+        dsn = s.dsn(connect_timeout="10")
+        stalled = [_stalled_handshake(s.port) for _ in range(2)]
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            psycopg.connect(dsn)
+        assert all(_closed_by_server(sock, 10) for sock in stalled)
+        with psycopg.connect(dsn) as con:
+            assert con.execute("SELECT 1").fetchone() == (1,)
+        silent = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        time.sleep(0.3)
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            psycopg.connect(dsn, sslmode="disable")  # refused before any SSLRequest is read
+        assert all(_closed_by_server(sock, 10) for sock in silent)
+        with psycopg.connect(dsn) as con:  # an authenticated session is not timed out
+            time.sleep(2)
+            assert con.execute("SELECT 2").fetchone() == (2,)
+        for sock in stalled + silent:
+            sock.close()
+
+
+def test_connection_line_says_where_the_password_comes_from(stores, tmp_path):
+    path = tmp_path / "banner.duckdb"
+    shutil.copy(stores[1], path)
+    env = dict(os.environ, SAEDB_SERVE_PASSWORD="from-the-file")
+    subprocess.run(
+        [sys.executable, "-m", "saedb.cli", "serve", str(path), "--add-user", "saedb"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    with serve(path, password=None) as s:
+        line = next(x for x in s.banner.splitlines() if x.strip().startswith("psql:"))
+        assert "SAEDB_SERVE_PASSWORD" not in s.banner and "PGPASSWORD" not in line
+        assert "password: the users file" in s.banner and "asks for" in line
+        with psycopg.connect(s.dsn(password="from-the-file")) as con:
+            assert con.execute("SELECT 1").fetchone() == (1,)
+    with serve(path) as s:  # $SAEDB_SERVE_PASSWORD wins, and the printed command works
+        line = next(x for x in s.banner.splitlines() if x.strip().startswith("psql:"))
+        assert 'PGPASSWORD="$SAEDB_SERVE_PASSWORD" psql' in line
+        command = line.split("psql:", 1)[1] + " -X -At -c 'SELECT 40 + 2'"
+        out = subprocess.run(
+            ["bash", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"SAEDB_SERVE_PASSWORD": PASSWORD, "PATH": "/usr/bin:/bin"},
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "42", out.stderr
+
+
 def test_psycopg_prepared_and_server_side_cursor(server, stores):
     ref = duckdb.connect(str(stores[1]), read_only=True)
     want = ref.execute(
@@ -289,13 +505,28 @@ def test_reader_is_refused(server, sql):
         assert con.execute("SELECT count(*) FROM documents").fetchone()[0] > 0
 
 
-def test_file_access_is_off_in_duckdb_too(server):
-    """Beneath the classifier: a path as a table name finds no file (external access off)."""
+def test_file_access_is_off_in_duckdb_too(server, tmp_path):
+    """Beneath the classifier: statements it lets through (a file path as a table name) are
+    stopped by DuckDB itself, whose settings are locked; with access on they would read the
+    file, which this test's process (the server's user) wrote."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("word\nswordfish\n")
     with psycopg.connect(server.dsn(), autocommit=True) as con:
-        with pytest.raises(psycopg.Error):
-            con.execute("SELECT * FROM '/etc/passwd'")
-        with pytest.raises(psycopg.Error):
-            con.execute("SET enable_external_access = true; SELECT * FROM read_csv('/etc/x')")
+        assert con.execute(
+            "SELECT current_setting('enable_external_access'), "
+            "current_setting('lock_configuration')"
+        ).fetchone() == (False, True)
+        denied = "file system operations are disabled by configuration"
+        for path in (secret, tmp_path / "nowhere.parquet"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=denied):
+                con.execute(f"SELECT * FROM '{path}'")
+        # SET is the server's own (a session setting), never DuckDB's configuration
+        con.execute("SET enable_external_access = true")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=denied):
+            con.execute(f"SELECT * FROM '{secret}'")
+        assert con.execute("SELECT current_setting('enable_external_access')").fetchone() == (
+            False,
+        )
 
 
 def test_authentication(server):
@@ -402,9 +633,6 @@ def test_tls_and_users_file(stores, tmp_path):
         check=True,
         capture_output=True,
     )
-    import os
-    import sys
-
     env = dict(os.environ, SAEDB_SERVE_PASSWORD="analyst-pw")
     subprocess.run(
         [sys.executable, "-m", "saedb.cli", "serve", str(path), "--add-user", "analyst"],
@@ -458,9 +686,6 @@ def test_psqlodbc_tables_columns_parameters(server, stores):
 
 
 def test_writer_role_can_write_but_not_reach_files(stores, tmp_path):
-    import os
-    import sys
-
     path = tmp_path / "writer.duckdb"
     shutil.copy(stores[1], path)
     env = dict(os.environ, SAEDB_SERVE_PASSWORD="writer-pw")
@@ -480,15 +705,32 @@ def test_writer_role_can_write_but_not_reach_files(stores, tmp_path):
         env=env,
         capture_output=True,
     )
-    with (
-        serve(path) as s,
-        psycopg.connect(s.dsn(user="loader", password="writer-pw"), autocommit=True) as con,
-    ):
-        cur = con.execute("CREATE TABLE notes (id INTEGER, note VARCHAR)")
-        cur = con.execute("INSERT INTO notes VALUES (%s, %s), (%s, %s)", [1, "a", 2, "b"])
-        assert cur.rowcount == 2 and cur.description is None
-        assert con.execute("SELECT note FROM notes ORDER BY id").fetchall() == [("a",), ("b",)]
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            con.execute("COPY notes TO '/tmp/saedb-writer-leak.csv'")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            con.execute("SELECT * FROM read_csv('/etc/passwd')")
+    with serve(path) as s:
+        con = psycopg.connect(s.dsn(user="loader", password="writer-pw"), autocommit=True)
+        with con:
+            cur = con.execute("CREATE TABLE notes (id INTEGER, note VARCHAR)")
+            cur = con.execute("INSERT INTO notes VALUES (%s, %s), (%s, %s)", [1, "a", 2, "b"])
+            assert cur.rowcount == 2 and cur.description is None
+            assert con.execute("SELECT note FROM notes ORDER BY id").fetchall() == [("a",), ("b",)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                con.execute("COPY notes TO '/tmp/saedb-writer-leak.csv'")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                con.execute("SELECT * FROM read_csv('/etc/passwd')")
+            # several statements in one Parse: refused whole, as Postgres; nothing ran
+            with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):
+                con.execute("BEGIN; DELETE FROM notes WHERE id = %s", [1])
+            assert con.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert con.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+        with psycopg.connect(s.dsn(user="loader", password="writer-pw")) as con:
+            # BEGIN (simple query), then DELETE with a parameter (extended): one transaction
+            cur = con.execute("DELETE FROM notes WHERE id = %s", [1])
+            assert cur.rowcount == 1
+            assert con.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            con.rollback()
+            assert con.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+            con.execute("DELETE FROM notes WHERE id = %s", [1], binary=True)
+            con.commit()
+        with psycopg.connect(s.dsn(), autocommit=True) as reader:
+            assert reader.execute("SELECT id FROM notes").fetchall() == [(2,)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute("BEGIN; DELETE FROM notes", binary=True)

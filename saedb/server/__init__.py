@@ -94,7 +94,10 @@ def _tls(cfg: ServeConfig) -> ssl.SSLContext | None:
 
 
 def lock_down(con) -> None:
-    """No file access beyond the open store, no extensions, settings frozen."""
+    """No file access beyond the open store, no extensions, settings frozen; the engine's
+    TimeZone is UTC, what clients are told at startup (a session's ``SET TimeZone`` changes
+    how its timestamptz values are written, ``saedb.server.types``)."""
+    con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 
@@ -118,7 +121,7 @@ async def serve(cfg: ServeConfig, *, out=sys.stdout, ready: asyncio.Event | None
     reader_root = store.con.cursor()
     backend = DuckDbBackend(reader_root, Limits(cfg.statement_timeout, cfg.max_rows))
     server = Server(backend, users, tls, cfg.max_connections)
-    listener = IngestListener(store)
+    listener = IngestListener(store, backend.cursor)
     pg = await asyncio.start_server(server.handle, cfg.host, cfg.port)
     port = pg.sockets[0].getsockname()[1]
     ingest_port = await listener.start()
@@ -134,7 +137,12 @@ async def serve(cfg: ServeConfig, *, out=sys.stdout, ready: asyncio.Event | None
     )
     db = Path(cfg.store).stem
     role = users[cfg.user].role if cfg.user in users else "reader"
-    pw = "$" + cfg.password_env if not generated else generated
+    if generated:
+        pw = f'PGPASSWORD="{generated}" '
+    elif os.environ.get(cfg.password_env):
+        pw = f'PGPASSWORD="${cfg.password_env}" '
+    else:  # from the users file: only its verifier is known here, psql asks for the password
+        pw = ""
     print(f"saedb serve: {cfg.store} on postgresql://{cfg.user}@{cfg.host}:{port}/{db}", file=out)
     print(
         f"  host {cfg.host}, port {port}, user {cfg.user} ({role}), any database name; "
@@ -145,7 +153,8 @@ async def serve(cfg: ServeConfig, *, out=sys.stdout, ready: asyncio.Event | None
     if generated:
         print(f"  generated password (shown only now): {generated}", file=out)
     print(
-        f'  psql: PGPASSWORD="{pw}" psql "host={cfg.host} port={port} user={cfg.user} dbname={db}"',
+        f'  psql: {pw}psql "host={cfg.host} port={port} user={cfg.user} dbname={db}"'
+        + ("" if pw else f"  (asks for {cfg.user}'s password, set with --add-user)"),
         file=out,
     )
     print(f"  ingest while serving: saedb ingest {cfg.store} FILE --dataset NAME", file=out)

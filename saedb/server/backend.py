@@ -13,8 +13,11 @@ timeout and a result-size limit.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import re
 import threading
+import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +30,7 @@ from saedb.server import types as pgt
 from saedb.server.errors import PgError, from_duckdb
 
 SERVER_VERSION = "15.0"
+log = logging.getLogger("saedb.serve")
 
 
 @dataclass
@@ -51,10 +55,23 @@ class Limits:
 
 
 class Session(Protocol):
+    role: str
+    """'reader' (may only read) or 'writer'."""
+    tzinfo: dt.tzinfo
+    """The session's TimeZone, for timestamptz values sent as text."""
+    settings: dict[str, str]
+    """What SHOW answers (TimeZone and application_name go to the client at startup)."""
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
     def describe(self, sql: str, n_params: int) -> list[Column] | None: ...
     def cancel(self) -> None: ...
     def close(self) -> None: ...
+    def fail(self) -> None:
+        """An error outside ``execute`` (sending its rows) aborts the transaction too."""
+
+    def reports(self) -> dict[str, str]:
+        """Reported settings (ParameterStatus) changed since the last call."""
+
     @property
     def status(self) -> str: ...
 
@@ -86,6 +103,65 @@ DEFAULT_SETTINGS = {
     "statement_timeout": "0",
 }
 _SHOW_ALIASES = {"transaction isolation level": "transaction_isolation", "time zone": "timezone"}
+REPORTED = ("TimeZone", "application_name")
+"""Settings a client may change whose new value is sent back (ParameterStatus), as Postgres."""
+_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: str) -> float:
+    """A Postgres time setting (``statement_timeout``): a number of milliseconds, or a
+    number with one of the units us, ms, s, min, h, d."""
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d*)?)\s*([a-z]*)\s*", value.lower())
+    if m is None or m.group(2) not in ("", *_UNITS_MS):
+        raise PgError(
+            "22023",
+            f'invalid value for parameter "statement_timeout": "{value}" (a number of '
+            "milliseconds, or a number with a unit: us, ms, s, min, h, d)",
+        )
+    ms = float(m.group(1)) * _UNITS_MS.get(m.group(2) or "ms", 1)
+    if ms < 0:
+        raise PgError("22023", f'"statement_timeout" must be 0 or more, got "{value}"')
+    return ms
+
+
+def parse_timezone(value: str) -> tuple[str, dt.tzinfo]:
+    """A TimeZone setting as (the name to report, the zone): an IANA name (Europe/Paris),
+    UTC, a whole number of hours east of UTC (``SET TIME ZONE -5``), or a POSIX-style
+    offset west of UTC (``GMT-02:00``, what pgJDBC sends for a JVM at UTC+2)."""
+    v = value.strip()
+    if v.lower() in ("utc", "gmt", "z", "zulu", "local", "default"):
+        return "UTC", dt.UTC
+    if re.fullmatch(r"[+-]?\d{1,2}", v):
+        hours = int(v)
+        if -12 <= hours <= 14:
+            name = "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"  # POSIX signs are inverted
+            return name, zoneinfo.ZoneInfo(name)
+    posix = re.fullmatch(r"(?:UTC|GMT)([+-])(\d{1,2})(?::(\d\d))?", v, re.I)
+    if posix and int(posix[2]) <= 14 and int(posix[3] or 0) < 60:
+        west = dt.timedelta(hours=int(posix[2]), minutes=int(posix[3] or 0))
+        return v, dt.timezone(-west if posix[1] == "+" else west)
+    try:
+        return v, zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    raise PgError(
+        "22023",
+        f'invalid value for parameter "TimeZone": "{value}" (use a zone name such as UTC or '
+        "Europe/Paris, or whole hours east of UTC such as -5)",
+    )
+
+
+def startup_settings(startup: dict[str, str]) -> dict[str, str]:
+    """The settings a startup message asks for: its parameters besides user and database,
+    and the ``-c name=value`` (or ``--name=value``) pairs of its ``options``."""
+    out = {k: v for k, v in startup.items() if k not in ("user", "database", "options")}
+    words = iter(re.split(r"(?<!\\)\s+", startup.get("options", "").strip()))
+    for word in words:
+        pair = next(words, "") if word == "-c" else word[2:] if word.startswith("--") else ""
+        name, eq, value = pair.partition("=")
+        if eq:
+            out[name.replace("-", "_")] = value.replace("\\ ", " ")
+    return out
 
 
 class DuckDbBackend:
@@ -96,10 +172,18 @@ class DuckDbBackend:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
 
-    def session(self, user: str, role: str, startup: dict[str, str], pid: int) -> DuckDbSession:
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor of the server's connection: its own transactions and snapshots."""
         with self._lock:  # cursor() on a connection in use by another thread is not safe
-            cur = self.con.cursor()
-        return DuckDbSession(cur, user, role, startup, pid, self.limits)
+            return self.con.cursor()
+
+    def session(self, user: str, role: str, startup: dict[str, str], pid: int) -> DuckDbSession:
+        cur = self.cursor()
+        try:
+            return DuckDbSession(cur, user, role, startup, pid, self.limits)
+        except PgError:
+            cur.close()
+            raise
 
 
 @dataclass
@@ -121,16 +205,29 @@ class DuckDbSession:
     ) -> None:
         self.cur, self.user, self.role, self.pid, self.limits = cur, user, role, pid, limits
         self.settings = dict(DEFAULT_SETTINGS)
-        self.settings.update({k: v for k, v in startup.items() if k not in ("user", "database")})
+        self.tzinfo: dt.tzinfo = dt.UTC
+        self._timeout_ms = 0.0  # SET statement_timeout (0: only the server's limit)
+        self._reports: dict[str, str] = {}
+        self._status = "I"
+        self._catalog_built: bool | str = False
+        self._cursors: dict[str, _Cursor] = {}
+        self._cancelled = self._timed_out = False
+        self._running = threading.Lock()
+        for key, value in startup_settings(startup).items():  # PGTZ, PGOPTIONS='-c x=y'
+            try:
+                self._set_value(key, value)
+            except PgError as err:
+                if key.lower() != "timezone":
+                    raise
+                # a driver's own zone name (pgJDBC sends the JVM's): write UTC, and say so
+                log.warning("startup TimeZone %r not known (%s): using UTC", value, err.message)
+                self._set_timezone("UTC")
         self.settings["session_authorization"] = user
         if role == "writer":
             self.settings["default_transaction_read_only"] = "off"
             self.settings["transaction_read_only"] = "off"
-        self._status = "I"
-        self._catalog_built = False
-        self._cursors: dict[str, _Cursor] = {}
-        self._cancelled = self._timed_out = False
-        self._running = threading.Lock()
+        self._session_defaults = dict(self.settings)  # what RESET goes back to
+        self._reports.clear()  # the startup sends them all
 
     @property
     def status(self) -> str:
@@ -146,10 +243,17 @@ class DuckDbSession:
             )
         try:
             return self._dispatch(sql.strip().rstrip(";").strip(), list(params))
-        except PgError:
-            if self._status == "T":
-                self._status = "E"
+        except Exception:  # PgError, or a bug: either way the transaction is aborted
+            self.fail()
             raise
+
+    def fail(self) -> None:
+        if self._status == "T":
+            self._status = "E"
+
+    def reports(self) -> dict[str, str]:
+        out, self._reports = self._reports, {}
+        return out
 
     def describe(self, sql: str, n_params: int) -> list[Column] | None:
         """The columns ``sql`` would return, without running it in full (None: no rows)."""
@@ -210,7 +314,7 @@ class DuckDbSession:
         if word == "set":
             return self._set(sql)
         if word == "reset":
-            return Result("RESET")
+            return self._reset(sql)
         if word == "show":
             shown = self._show(sql)
             if shown is not None:
@@ -225,6 +329,8 @@ class DuckDbSession:
         if word in ("fetch", "move"):
             return self._fetch(sql)
         if word == "close":
+            if len(sql.split(None, 1)) < 2:
+                raise PgError("42601", "syntax error: CLOSE needs a cursor name, or ALL")
             name = sql.split(None, 1)[1].strip().strip('"')
             if name.lower() == "all":
                 self._cursors.clear()
@@ -292,12 +398,21 @@ class DuckDbSession:
         except duckdb.Error as exc:
             raise from_duckdb(exc) from exc
 
+    def _statement_timeout(self) -> tuple[float, str]:
+        """Seconds a statement may run (0: no limit) and where that limit comes from: the
+        session's ``SET statement_timeout`` may lower the server's limit, not lift it."""
+        server, own = self.limits.statement_timeout_s, self._timeout_ms / 1000
+        if own > 0 and (server <= 0 or own < server):
+            return own, "SET statement_timeout"
+        return server, "saedb serve --statement-timeout"
+
     def _run(self, sql: str, params: list[Any]) -> Result:
         """Run on DuckDB under the timeout, fetching at most max_rows rows."""
         self._cancelled = self._timed_out = False
         timer = None
-        if self.limits.statement_timeout_s > 0:
-            timer = threading.Timer(self.limits.statement_timeout_s, self._timeout)
+        timeout, timeout_from = self._statement_timeout()
+        if timeout > 0:
+            timer = threading.Timer(timeout, self._timeout)
             timer.daemon = True
             timer.start()
         try:
@@ -318,8 +433,7 @@ class DuckDbSession:
                         raise PgError(
                             "57014",
                             "canceling statement due to statement timeout "
-                            f"({self.limits.statement_timeout_s:g} s; see "
-                            "saedb serve --statement-timeout)",
+                            f"({timeout:g} s; see {timeout_from})",
                         ) from exc
                     if self._cancelled or isinstance(exc, duckdb.InterruptException):
                         raise PgError("57014", "canceling statement due to user request") from exc
@@ -349,16 +463,41 @@ class DuckDbSession:
         m = re.match(
             r"set\s+(?:session\s+|local\s+)?([\w.]+)\s*(?:=|\bto\b)\s*(.+)$", sql, re.I | re.S
         )
-        if m:
-            name, value = m.group(1), m.group(2).strip()
-            value = value[1:-1].replace("''", "'") if value.startswith("'") else value
-            key = next((k for k in self.settings if k.lower() == name.lower()), name)
-            self.settings[key] = value
-            self._catalog_built = False if key.lower() == "search_path" else self._catalog_built
-        elif re.match(r"set\s+(session\s+)?time\s+zone\s+", sql, re.I):
-            self.settings["TimeZone"] = sql.split(None)[-1].strip("'")
+        zone = re.match(r"set\s+(?:session\s+|local\s+)?time\s+zone\s+(.+)$", sql, re.I | re.S)
+        if zone:
+            self._set_value("TimeZone", zone.group(1).strip())
+        elif m:
+            self._set_value(m.group(1), m.group(2).strip())
         # SET TRANSACTION ... and the like: accepted, nothing to change for a snapshot reader
         return Result("SET")
+
+    def _set_value(self, name: str, value: str) -> None:
+        value = value[1:-1].replace("''", "'") if value.startswith("'") else value
+        key = next((k for k in self.settings if k.lower() == name.lower()), name)
+        if value.lower() == "default":  # SET x TO DEFAULT: as RESET x
+            value = getattr(self, "_session_defaults", DEFAULT_SETTINGS).get(key, value)
+        if key == "TimeZone":
+            self._set_timezone(value)
+            return
+        if key == "statement_timeout":
+            self._timeout_ms = parse_duration_ms(value)
+        self.settings[key] = value
+        if key in REPORTED:
+            self._reports[key] = value
+        self._catalog_built = False if key.lower() == "search_path" else self._catalog_built
+
+    def _set_timezone(self, value: str) -> None:
+        name, self.tzinfo = parse_timezone(value)
+        self.settings["TimeZone"] = self._reports["TimeZone"] = name
+
+    def _reset(self, sql: str) -> Result:
+        name = sql.split(None, 1)[1].strip().strip('"') if len(sql.split()) > 1 else ""
+        key = next((k for k in self.settings if k.lower() == name.lower()), name)
+        keys = list(DEFAULT_SETTINGS) if key.lower() == "all" else [key]
+        for k in keys:
+            if k in ("TimeZone", "statement_timeout", "application_name", "search_path"):
+                self._set_value(k, self._session_defaults[k])
+        return Result("RESET")
 
     def _show(self, sql: str) -> Result | None:
         name = sql.split(None, 1)[1].strip().strip('"') if " " in sql else ""

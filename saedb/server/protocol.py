@@ -7,6 +7,13 @@ Bind, Describe, Execute with a row limit and PortalSuspended, Close, Sync, Flush
 binary formats for parameters and results, ErrorResponse with SQLSTATE codes and the
 transaction status in ReadyForQuery. SQL runs in a worker thread so that a slow query never
 blocks other clients or a cancel request.
+
+Any failure while answering a message, a bug included, becomes an ErrorResponse (XX000 when
+nothing better is known) and the session goes on. Connections count against
+``max_connections`` from their startup packet on, not only once authenticated, and a
+handshake (startup, TLS, authentication) must finish within ``handshake_timeout`` seconds;
+at most twice ``max_connections`` sockets are open at once (the rest are refused before
+anything is read), so a flood of silent or half-open sockets cannot exhaust the server.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from saedb.server import auth
+from saedb.server import auth, guard
 from saedb.server import types as pgt
 from saedb.server.backend import Backend, Column, Result, Session
 from saedb.server.errors import PgError
@@ -108,6 +115,26 @@ def split_statements(sql: str) -> list[str]:
     return stripped
 
 
+def as_pg_error(exc: BaseException) -> PgError:
+    """The ErrorResponse for any failure while answering a message."""
+    if isinstance(exc, PgError):
+        return exc
+    if isinstance(exc, UnicodeDecodeError):
+        return PgError("22021", f"invalid byte sequence for encoding UTF8: {exc}")
+    log.error("internal error", exc_info=exc)
+    return PgError(
+        "XX000",
+        f"internal error in saedb serve: {type(exc).__name__}: {exc} (the session goes on; "
+        "the server's log has the traceback)",
+    )
+
+
+def _fatal(code: str, message: str) -> bytes:
+    """An ErrorResponse message, for connections that have no Connection yet."""
+    body = f"SFATAL\0VFATAL\0C{code}\0M{message}\0\0".encode()
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
 class Server:
     """Accepts connections and keeps the cancel keys of the live sessions."""
 
@@ -117,10 +144,15 @@ class Server:
         users: dict[str, auth.User],
         tls: ssl.SSLContext | None = None,
         max_connections: int = 64,
+        handshake_timeout: float = 60.0,
     ) -> None:
         self.backend, self.users, self.tls = backend, users, tls
         self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
         self.sessions: dict[tuple[int, int], Session] = {}
+        self.sockets = 0  # open client sockets, whatever their state
+        self.connections: set[Connection] = set()
+        self.starting = 0  # sockets past their startup packet, not yet a session
         self._next_pid = 1000
 
     def new_key(self) -> tuple[int, int]:
@@ -128,15 +160,37 @@ class Server:
         return self._next_pid, secrets.randbits(31)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.sockets >= 2 * self.max_connections:  # room left for cancel requests is gone
+            log.warning("refused a connection: %d sockets open", self.sockets)
+            writer.write(_fatal("53300", "sorry, too many clients already"))
+            writer.close()
+            return
+        self.sockets += 1
         conn = Connection(self, reader, writer)
+        self.connections.add(conn)
         try:
-            await conn.run()
-        except (ConnectionError, asyncio.IncompleteReadError):
+            try:
+                login = await asyncio.wait_for(conn.handshake(), self.handshake_timeout)
+            except TimeoutError:
+                log.warning("handshake not done in %g s: connection closed", self.handshake_timeout)
+                conn.out = [_fatal("57014", "canceling authentication due to timeout")]
+                await asyncio.wait_for(conn.flush(), 1.0)
+                return
+            if login is not None and await conn.open_session(*login):
+                await conn.loop()
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:  # noqa: BLE001 - one client's failure must not stop the server
             log.exception("connection failed")
         finally:
+            self.sockets -= 1
+            self.connections.discard(conn)
             conn.finish()
+
+    def close_all(self) -> None:
+        """Close every client connection (their handlers then end)."""
+        for conn in list(self.connections):
+            conn.writer.close()
 
 
 class Connection:
@@ -149,6 +203,7 @@ class Connection:
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.out: list[bytes] = []
+        self.starting = False  # counted in server.starting
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -245,48 +300,77 @@ class Connection:
         self.send(b"R", struct.pack("!i", 0))
         return user
 
-    async def run(self) -> None:
+    async def handshake(self) -> tuple[dict[str, str], auth.User] | None:
+        """Startup, TLS and authentication: the startup parameters and the user, or None."""
         params = await self.startup()
         if params is None:
-            return
-        if len(self.server.sessions) >= self.server.max_connections:
+            return None
+        server = self.server
+        if server.starting + len(server.sessions) >= server.max_connections:
             self.error(PgError("53300", "sorry, too many clients already", "FATAL"))
             await self.flush()
-            return
+            return None
+        server.starting += 1
+        self.starting = True
         user = await self.authenticate(params)
         if user is None:
             await self.flush()
-            return
-        self.key = self.server.new_key()
-        self.session = await asyncio.to_thread(
-            self.server.backend.session, user.name, user.role, params, self.key[0]
-        )
+            return None
+        return params, user
+
+    def _started(self) -> None:
+        if self.starting:
+            self.server.starting -= 1
+            self.starting = False
+
+    async def open_session(self, params: dict[str, str], user: auth.User) -> bool:
+        """The session of an authenticated user (False: refused, the client was told)."""
+        key = self.server.new_key()
+        try:
+            self.session = await asyncio.to_thread(
+                self.server.backend.session, user.name, user.role, params, key[0]
+            )
+        except PgError as err:  # e.g. an invalid setting in the startup options
+            self.error(PgError(err.code, err.message, "FATAL"))
+            await self.flush()
+            return False
+        self.key = key
         self.server.sessions[self.key] = self.session
+        self._started()
+        settings = self.session.settings
         status = {
             "server_version": "15.0",
             "server_encoding": "UTF8",
             "client_encoding": "UTF8",
             "DateStyle": "ISO, MDY",
-            "TimeZone": "UTC",
+            "TimeZone": settings.get("TimeZone", "UTC"),
             "integer_datetimes": "on",
             "standard_conforming_strings": "on",
             "IntervalStyle": "postgres",
             "is_superuser": "off",
             "session_authorization": user.name,
-            "application_name": params.get("application_name", ""),
+            "application_name": settings.get(
+                "application_name", params.get("application_name", "")
+            ),
             "default_transaction_read_only": "on" if user.role == "reader" else "off",
         }
         for k, v in status.items():
-            self.send(b"S", k.encode() + b"\0" + v.encode() + b"\0")
+            self.parameter_status(k, v)
         self.send(b"K", struct.pack("!ii", *self.key))
         self.ready()
         await self.flush()
-        await self.loop()
+        return True
+
+    def parameter_status(self, name: str, value: str) -> None:
+        self.send(b"S", name.encode() + b"\0" + value.encode() + b"\0")
 
     def ready(self) -> None:
+        for name, value in self.session.reports().items():  # SET TimeZone and the like
+            self.parameter_status(name, value)
         self.send(b"Z", self.session.status.encode())
 
     def finish(self) -> None:
+        self._started()
         if self.key is not None:
             self.server.sessions.pop(self.key, None)
         if self.session is not None:
@@ -313,7 +397,11 @@ class Connection:
                 await self.flush()
                 continue
             if kind == b"Q":
-                await self.simple_query(body[:-1].decode())
+                try:
+                    await self.simple_query(body[:-1].decode())
+                except Exception as exc:  # noqa: BLE001 - any failure is the client's error
+                    self.error(as_pg_error(exc))
+                    self.session.fail()
                 self.ready()
                 await self.flush()
                 continue
@@ -334,8 +422,9 @@ class Connection:
                     self.send(b"3")
                 else:
                     raise PgError("08P01", f"unexpected message type {kind!r}")
-            except PgError as err:
-                self.error(err)
+            except Exception as exc:  # noqa: BLE001 - PgError, or a bug: the client's error
+                self.error(as_pg_error(exc))
+                self.session.fail()
                 skipping = True
             if len(self.out) > 64:
                 await self.flush()
@@ -345,17 +434,14 @@ class Connection:
         if not statements:
             self.send(b"I")
             return
-        for st in statements:
-            try:
-                result = await asyncio.to_thread(self.session.execute, st, ())
-            except PgError as err:
-                self.error(err)
-                return
+        for st in statements:  # an error ends the message (the caller sends it)
+            result = await asyncio.to_thread(self.session.execute, st, ())
             if result.tag == "EMPTY":
                 self.send(b"I")
                 continue
             if result.columns is not None:
-                encoders = [pgt.encoder(c.oid, False) for c in result.columns]
+                tz = self.session.tzinfo
+                encoders = [pgt.encoder(c.oid, False, tz) for c in result.columns]
                 self.row_description(result.columns, [0] * len(result.columns))
                 for row in result.rows:
                     self.data_row(row, encoders)
@@ -369,6 +455,10 @@ class Connection:
         (n,) = struct.unpack("!h", rest[:2])
         oids = list(struct.unpack(f"!{n}I", rest[2 : 2 + 4 * n]))
         text = sql.decode()
+        if len(split_statements(text)) > 1:  # as Postgres; a reader learns what it may not run
+            if self.session.role != "writer":
+                guard.check_read_only(text)
+            raise PgError("42601", "cannot insert multiple commands into a prepared statement")
         n_params = max(_count_params(text), n)
         oids += [0] * (n_params - len(oids))
         self.statements[name.decode()] = Prepared(text, oids, n_params)
@@ -396,7 +486,9 @@ class Connection:
             oid = stmt.param_oids[i] if i < len(stmt.param_oids) else 0
             try:
                 values.append(pgt.decode_param(oid, data, fmt == 1))
-            except (ValueError, struct.error) as exc:
+            except NotImplementedError as exc:
+                raise PgError("0A000", f"parameter ${i + 1}: {exc}") from exc
+            except (ValueError, ArithmeticError, struct.error) as exc:
                 raise PgError("22P02", f"invalid value for parameter ${i + 1}: {exc}") from exc
         (nr,) = struct.unpack_from("!h", rest, pos)
         result_formats = list(struct.unpack_from(f"!{nr}h", rest, pos + 2))
@@ -447,7 +539,7 @@ class Connection:
             if portal.result.columns is not None:
                 fmts = self._formats(portal, len(portal.result.columns))
                 portal.encoders = [
-                    pgt.encoder(c.oid, f == 1)
+                    pgt.encoder(c.oid, f == 1, self.session.tzinfo)
                     for c, f in zip(portal.result.columns, fmts, strict=False)
                 ]
 

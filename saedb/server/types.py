@@ -22,6 +22,7 @@ import numpy as np
 BOOL, BYTEA, INT8, INT2, INT4, TEXT, OID, JSON = 16, 17, 20, 21, 23, 25, 26, 114
 FLOAT4, FLOAT8, UNKNOWN, VARCHAR, DATE, TIME = 700, 701, 705, 1043, 1082, 1083
 TIMESTAMP, TIMESTAMPTZ, INTERVAL, NUMERIC, UUID, NAME, CHAR = 1114, 1184, 1186, 1700, 2950, 19, 18
+BPCHAR, TIMETZ, JSONB = 1042, 1266, 3802
 ARRAY_OF = {
     BOOL: 1000,
     BYTEA: 1001,
@@ -40,6 +41,7 @@ ARRAY_OF = {
     NUMERIC: 1231,
     UUID: 2951,
     JSON: 199,
+    JSONB: 3807,
     NAME: 1003,
     OID: 1028,
     CHAR: 1002,
@@ -54,6 +56,7 @@ TYPE_NAMES = {
     TEXT: "text",
     OID: "oid",
     JSON: "json",
+    JSONB: "jsonb",
     FLOAT4: "float4",
     FLOAT8: "float8",
     VARCHAR: "varchar",
@@ -66,6 +69,8 @@ TYPE_NAMES = {
     UUID: "uuid",
     NAME: "name",
     CHAR: "char",
+    BPCHAR: "bpchar",
+    TIMETZ: "timetz",
     UNKNOWN: "unknown",
 }
 TYPE_NAMES.update({a: "_" + TYPE_NAMES[e] for e, a in ARRAY_OF.items()})
@@ -173,7 +178,16 @@ def _text_interval(v: dt.timedelta) -> str:
     return f"{days} days {h:02d}:{m:02d}:{s:02d}{frac}"
 
 
-def _text_scalar(oid: int) -> Callable[[Any], str]:
+def _pg_offset(offset: dt.timedelta | None) -> str:
+    """A UTC offset as Postgres writes it: +00, -05, +05:30, +00:09:21."""
+    seconds = int((offset or dt.timedelta()).total_seconds())
+    sign = "-" if seconds < 0 else "+"
+    h, rem = divmod(abs(seconds), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{sign}{h:02d}" + (f":{m:02d}" if m or sec else "") + (f":{sec:02d}" if sec else "")
+
+
+def _text_scalar(oid: int, tz: dt.tzinfo = dt.UTC) -> Callable[[Any], str]:
     if oid == BOOL:
         return lambda v: "t" if v else "f"
     if oid == BYTEA:
@@ -204,11 +218,11 @@ def _text_scalar(oid: int) -> Callable[[Any], str]:
         return lambda v: v.isoformat(sep=" ") if isinstance(v, dt.datetime) else str(v)
     if oid == TIMESTAMPTZ:
 
-        def tstz(v: Any) -> str:
+        def tstz(v: Any) -> str:  # in the session's TimeZone, as Postgres
             if not isinstance(v, dt.datetime):
                 return str(v)
-            s = v.astimezone(dt.UTC).isoformat(sep=" ")
-            return s[:-6] + "+00" if s.endswith("+00:00") else s
+            local = v.astimezone(tz)
+            return local.replace(tzinfo=None).isoformat(sep=" ") + _pg_offset(local.utcoffset())
 
         return tstz
     if oid == INTERVAL:
@@ -222,17 +236,18 @@ def _quote_array_item(s: str) -> str:
     return s
 
 
-def text_encoder(oid: int) -> Callable[[Any], bytes]:
+def text_encoder(oid: int, tz: dt.tzinfo = dt.UTC) -> Callable[[Any], bytes]:
+    """Postgres text format; ``tz`` is the session's TimeZone (for timestamptz)."""
     element = ELEMENT_OF.get(oid)
     if element is not None:
-        item = _text_scalar(element)
+        item = _text_scalar(element, tz)
 
         def arr(v: Any) -> bytes:
             parts = ["NULL" if x is None else _quote_array_item(item(x)) for x in v]
             return ("{" + ",".join(parts) + "}").encode()
 
         return arr
-    scalar = _text_scalar(oid)
+    scalar = _text_scalar(oid, tz)
     return lambda v: scalar(v).encode()
 
 
@@ -319,15 +334,26 @@ def binary_encoder(oid: int) -> Callable[[Any], bytes]:
     return _bin_scalar(oid)
 
 
-def encoder(oid: int, binary: bool) -> Callable[[Any], bytes]:
-    return binary_encoder(oid) if binary else text_encoder(oid)
+def encoder(oid: int, binary: bool, tz: dt.tzinfo = dt.UTC) -> Callable[[Any], bytes]:
+    """The encoder of one result column (binary timestamptz is UTC, whatever ``tz``)."""
+    return binary_encoder(oid) if binary else text_encoder(oid, tz)
 
 
 # -- parameters --------------------------------------------------------------------------------
 
+_TEXT_LIKE = (TEXT, VARCHAR, NAME, BPCHAR, CHAR, UNKNOWN, JSON, 0)
+"""Types whose binary format is their text (0: a parameter the client left untyped)."""
+
+_NUMERIC_SIGNS = {0x0000: 0, 0x4000: 1}
+_NUMERIC_SPECIAL = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
+
 
 def decode_param(oid: int, data: bytes | None, binary: bool) -> Any:
-    """A parameter value sent by a client, as the Python value DuckDB should bind."""
+    """A parameter value sent by a client, as the Python value DuckDB should bind.
+
+    Binary values follow Postgres's send/recv formats; a binary parameter of a type not
+    decoded here raises ``NotImplementedError`` naming the type, rather than being read
+    as text."""
     if data is None:
         return None
     if not binary:
@@ -367,9 +393,78 @@ def decode_param(oid: int, data: bytes | None, binary: bool) -> Any:
         return _EPOCH_TZ + dt.timedelta(microseconds=struct.unpack("!q", data)[0])
     if oid == UUID:
         return uuid.UUID(bytes=bytes(data))
+    if oid == NUMERIC:
+        return _decode_numeric(data)
+    if oid == TIME:
+        return _decode_time(data)
+    if oid == TIMETZ:
+        return _decode_timetz(data)
+    if oid == INTERVAL:
+        return _decode_interval(data)
+    if oid == JSONB:
+        if data[:1] != b"\x01":
+            raise ValueError(f"jsonb binary format version {data[:1]!r} is not 1")
+        return data[1:].decode()
     if oid in ELEMENT_OF:
         return _decode_binary_array(data)
-    return data.decode()
+    if oid in _TEXT_LIKE:
+        return data.decode()
+    raise NotImplementedError(
+        f"parameters of type {TYPE_NAMES.get(oid, f'with OID {oid}')} in binary format are "
+        "not supported; send this parameter in text format"
+    )
+
+
+def _decode_numeric(data: bytes) -> decimal.Decimal:
+    """Postgres numeric_send: ndigits, weight, sign, dscale, then base-10000 digits."""
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", data)
+    if sign in _NUMERIC_SPECIAL:
+        return decimal.Decimal(_NUMERIC_SPECIAL[sign])
+    if sign not in _NUMERIC_SIGNS or ndigits < 0 or dscale < 0:
+        raise ValueError(f"not a numeric in binary format (sign 0x{sign:04x}, dscale {dscale})")
+    groups = struct.unpack_from(f"!{ndigits}H", data, 8)
+    if len(data) != 8 + 2 * ndigits or any(g > 9999 for g in groups):
+        raise ValueError("not a numeric in binary format (bad digit groups)")
+    digits = "".join(f"{g:04d}" for g in groups) or "0"
+    exponent = 4 * (weight - ndigits + 1)  # the last group's place value, a power of 10
+    value = decimal.Decimal((_NUMERIC_SIGNS[sign], tuple(map(int, digits)), exponent))
+    with decimal.localcontext() as ctx:
+        ctx.prec = max(ctx.prec, len(digits) + dscale + 4)
+        return value.quantize(decimal.Decimal((0, (1,), -dscale)))
+
+
+def _time_of(micros: int) -> dt.time:
+    if not 0 <= micros <= 86_400_000_000:
+        raise ValueError(f"time of day out of range ({micros} microseconds)")
+    if micros == 86_400_000_000:  # Postgres allows 24:00:00; Python has no such time
+        raise ValueError("24:00:00 cannot be represented; send 23:59:59.999999 or a text value")
+    seconds, us = divmod(micros, 1_000_000)
+    return dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60, us)
+
+
+def _decode_time(data: bytes) -> dt.time:
+    (micros,) = struct.unpack("!q", data)
+    return _time_of(micros)
+
+
+def _decode_timetz(data: bytes) -> str:
+    """timetz_send: microseconds and the zone's offset in seconds *west* of UTC."""
+    micros, west = struct.unpack("!qi", data)
+    t = _time_of(micros)
+    east = -west
+    sign = "+" if east >= 0 else "-"
+    h, rem = divmod(abs(east), 3600)
+    return f"{t.isoformat()}{sign}{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _decode_interval(data: bytes) -> Any:
+    """interval_send: microseconds, days, months (kept apart: a month is not 30 days)."""
+    micros, days, months = struct.unpack("!qii", data)
+    if months == 0:
+        return dt.timedelta(days=days, microseconds=micros)
+    from duckdb.value.constant import IntervalValue
+
+    return IntervalValue(f"{months} months {days} days {micros} microseconds")
 
 
 def _decode_binary_array(data: bytes) -> list[Any]:
