@@ -2,6 +2,7 @@
 while an ingest of several thousand documents goes through the same server.
 
     .venv/bin/python bench/serve.py [--clients 16] [--seconds 60] [--docs 5000]
+    .venv/bin/python bench/serve.py --clients 2 --seconds 5 --docs 200 --base-docs 2000  # smoke
 
 The base store is synthetic (bench/synthetic.py: ``--base-docs`` documents in datasets d1..d4).
 The ingest is synthetic too: batches of ``--batch`` documents with 4 latents each, written
@@ -14,6 +15,12 @@ the analyses over d1..d4 (which the ingest does not touch) give the same answer 
 every snapshot documents = encodings and the new documents come in whole batches, never fewer
 than the client saw before; the final count is exact. Prints p50/p99 latency per query and
 overall, and queries per second.
+
+The synthetic ingest alone would finish in a few seconds, so its batches are spread evenly
+over the clients' window (the last one due just before it closes): readers work against an
+ingest for the whole window. The table reports what really happened: when the first and last
+batch committed, relative to the window, how many committed inside it, and what share of the
+window lay between the first and the last commit.
 """
 
 from __future__ import annotations
@@ -124,16 +131,27 @@ def main() -> None:
             reference: dict = {}
             lock = threading.Lock()
             ingest_done = {}
+            commits: list[float] = []
 
             def ingest() -> None:
                 t = time.perf_counter()
                 try:
-                    write_synthetic(store, "incoming", n_batches, args.batch, seed=1)
+                    write_synthetic(
+                        store,
+                        "incoming",
+                        n_batches,
+                        args.batch,
+                        seed=1,
+                        spread_over=args.seconds,
+                        commits=commits,
+                    )
                     ingest_done["seconds"] = time.perf_counter() - t
                 except Exception as exc:  # noqa: BLE001 - reported below
-                    out["errors"].append(f"ingest: {exc}")
+                    with lock:
+                        out["errors"].append(f"ingest: {exc}")
 
-            until = time.monotonic() + args.seconds
+            window_start = time.monotonic()
+            until = window_start + args.seconds
             threads = [
                 threading.Thread(
                     target=client, args=(dsn, until, k, out, reference, args.batch, lock)
@@ -157,10 +175,21 @@ def main() -> None:
     lat = out["latency"]
     everything = [x for v in lat.values() for x in v]
     print(
-        f"\n{args.clients} clients for {args.seconds:.0f} s while ingesting {args.docs:,} "
-        f"documents in batches of {args.batch} (ingest took "
+        f"\n{args.clients} clients for {args.seconds:.0f} s while ingesting "
+        f"{n_batches * args.batch:,} documents in batches of {args.batch} (ingest took "
         f"{ingest_done.get('seconds', float('nan')):.1f} s)"
     )
+    if commits:
+        first, last = commits[0] - window_start, commits[-1] - window_start
+        inside = sum(window_start <= c <= until for c in commits)
+        covered = max(0.0, min(last, args.seconds) - max(first, 0.0)) / args.seconds
+        print(
+            f"ingest overlap: batches committed from {first:.1f} s to {last:.1f} s of the "
+            f"{args.seconds:.0f} s window; {inside} of {n_batches} inside it; "
+            f"{covered:.0%} of the window between the first and the last commit"
+        )
+    else:
+        print("ingest overlap: no batch committed")
     print(f"{'query':<18}{'n':>7}{'p50 ms':>10}{'p99 ms':>10}")
     for k in sorted(lat):
         print(f"{k:<18}{len(lat[k]):>7}{pct(lat[k], 50):>10.1f}{pct(lat[k], 99):>10.1f}")
