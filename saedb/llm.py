@@ -29,6 +29,7 @@ import dataclasses
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -269,6 +270,10 @@ class LLMClient:
         )
         self._sem: asyncio.Semaphore | None = None
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._token_param = "max_tokens"
+        """Renamed to max_completion_tokens when the endpoint refuses max_tokens."""
+        self._dropped: set[str] = set()
+        """Chat parameters the endpoint refused (they are left out from then on)."""
 
     @property
     def where(self) -> str:
@@ -305,13 +310,43 @@ class LLMClient:
         """One chat completion, from the cache when the same request was answered before.
 
         ``parse`` turns the answer's text into a value; when it raises, the answer is not
-        cached and the error propagates (the call was still made and is accounted).
+        cached and the error propagates (the call was still made and is accounted). When the
+        endpoint refuses a parameter this client can do without (OpenAI's reasoning models
+        take ``max_completion_tokens`` instead of ``max_tokens`` and only the default
+        temperature), the client adapts for the rest of the session and asks again.
         """
-        params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        while True:
+            params = self._chat_params(extra)
+            try:
+                return await self._chat(messages, params, purpose, parse, (sae_id, latent_id))
+            except _Unsupported as exc:
+                self._adapt(exc.param)
+
+    def _chat_params(self, extra: dict[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {self._token_param: self.config.max_tokens}
+        if "temperature" not in self._dropped:
+            params["temperature"] = self.config.temperature
         params.update(extra)
+        for name in self._dropped:
+            params.pop(name, None)
+        return params
+
+    def _adapt(self, param: str) -> None:
+        if param == "max_tokens":
+            self._token_param = "max_completion_tokens"
+        else:
+            self._dropped.add(param)
+
+    async def _chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        params: dict[str, Any],
+        purpose: str,
+        parse: Callable[[str], T] | None,
+        subject: tuple[int | None, int | None],
+    ) -> Reply:
         request = {"model": self.config.model, "messages": list(messages), "params": params}
         key = _request_hash("chat", request)
-        subject = (sae_id, latent_id)
         while key in self._inflight:  # the same request is under way: wait for its answer
             try:
                 await asyncio.shield(self._inflight[key])
@@ -333,10 +368,20 @@ class LLMClient:
                 lambda: self._client.chat.completions.create(
                     model=self.config.model, messages=list(messages), **params
                 ),
+                adaptable=self._adaptable(params),
             )
             choice = resp.choices[0] if resp.choices else None
             text = (choice.message.content if choice and choice.message else None) or ""
-            value = _parsed(parse, text)
+            try:
+                value = _parsed(parse, text)
+            except LLMResponseError as exc:
+                if choice is not None and getattr(choice, "finish_reason", None) == "length":
+                    limit = params.get(self._token_param)
+                    exc.args = (
+                        f"{exc} (the answer was cut off at the limit of {limit} completion "
+                        "tokens: raise max_tokens in the LLM config)",
+                    )
+                raise
             self._cache_put(key, "chat", request, text, *tokens)
             fut.set_result(None)
             return Reply(text, value, False, *tokens)
@@ -346,6 +391,13 @@ class LLMClient:
             raise
         finally:
             del self._inflight[key]
+
+    def _adaptable(self, params: dict[str, Any]) -> frozenset[str]:
+        """The parameters of this request the client can rename or leave out if refused."""
+        names = {"max_tokens"} if self._token_param == "max_tokens" else set()
+        if "temperature" in params:
+            names.add("temperature")
+        return frozenset(names & set(params))
 
     # -- embeddings ------------------------------------------------------------------------
 
@@ -386,6 +438,13 @@ class LLMClient:
                 f"for {len(texts)} texts"
             )
         vectors = [[float(x) for x in d.embedding] for d in data]
+        for i, v in enumerate(vectors):  # refused before it is cached: asked again next time
+            norm = math.sqrt(sum(x * x for x in v))
+            if not norm or not math.isfinite(norm):
+                raise LLMResponseError(
+                    f"the embeddings endpoint {self.where} returned a zero or non-finite "
+                    f"vector for {texts[i][:80]!r}"
+                )
         self._cache_put(key, "embedding", request, json.dumps(vectors), *tokens)
         return vectors
 
@@ -404,6 +463,7 @@ class LLMClient:
         subject: tuple[int | None, int | None],
         call: Callable[[], Any],
         model: str | None = None,
+        adaptable: frozenset[str] = frozenset(),
     ) -> tuple[Any, tuple[int, int]]:
         openai = self._openai
         cfg = self.config
@@ -412,16 +472,39 @@ class LLMClient:
             t0 = time.monotonic()
             wait: float | None = None
             http_status: int | None = None
+            refused: str | None = None
+            sent = False
             try:
                 async with self._semaphore():
                     t0 = time.monotonic()
+                    sent = True
                     resp = await call()
+            except asyncio.CancelledError:  # Ctrl-C: the endpoint saw the request, account it
+                if sent:
+                    self._record(
+                        key,
+                        kind,
+                        purpose,
+                        subject,
+                        attempt,
+                        "failed",
+                        None,
+                        "interrupted before the answer came (the endpoint may still charge)",
+                        0,
+                        0,
+                        None,
+                        time.monotonic() - t0,
+                        model,
+                    )
+                raise
             except openai.APIStatusError as exc:
                 http_status = exc.status_code
                 error = f"HTTP {exc.status_code}: {_message(exc)}"
                 retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
                 wait = _retry_after(exc.response.headers)
                 fatal = exc.status_code in (401, 403, 404)
+                if exc.status_code == 400:
+                    refused = _refused_param(exc, adaptable)
             except openai.APITimeoutError:
                 error, retryable, fatal = (
                     f"no answer within {cfg.timeout:g}s (timeout)",
@@ -459,7 +542,7 @@ class LLMClient:
             latency = time.monotonic() - t0
             error = self.redact(error)
             last = attempt == attempts or not retryable
-            status = "failed" if last else "retried"
+            status = "failed" if last and refused is None else "retried"
             self._record(
                 key,
                 kind,
@@ -475,6 +558,8 @@ class LLMClient:
                 latency,
                 model,
             )
+            if refused is not None:  # asked again without it, by the caller
+                raise _Unsupported(refused)
             if last:
                 what = f"{kind} call ({purpose}) to model {model or cfg.model} at {self.where}"
                 tries = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
@@ -580,6 +665,32 @@ class LLMClient:
         )
 
 
+class _Unsupported(Exception):
+    """The endpoint refused a chat parameter the client can rename or leave out."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(param)
+        self.param = param
+
+
+def _refused_param(exc: Any, adaptable: frozenset[str]) -> str | None:
+    """Which of ``adaptable`` a 400 answer says the model does not support, if any.
+
+    OpenAI says so with ``param`` and code ``unsupported_parameter`` / ``unsupported_value``
+    ("Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead."); other servers only in the message.
+    """
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and inner.get("param") in adaptable:
+        if str(inner.get("code") or "").startswith("unsupported"):
+            return str(inner["param"])
+    found = re.search(r"(?i)unsupported (?:parameter|value): '(\w+)'", _message(exc))
+    if found and found.group(1) in adaptable:
+        return found.group(1)
+    return None
+
+
 def _parsed(parse: Callable[[str], Any] | None, text: str) -> Any:
     """``parse(text)``; a parse error carries the answer (``.answer``) for a retry prompt."""
     if parse is None:
@@ -656,6 +767,46 @@ def embed_texts(
     the same retries; with a ``store``, cached and accounted in ``llm_calls``.
     """
     return run_sync(aembed_texts(config, texts, model, store=store))
+
+
+def unit_vectors(
+    vectors: Sequence[Sequence[float]], what: str = "text", ids: Sequence[Any] | None = None
+) -> list[list[float]]:
+    """``vectors`` scaled to unit length (as saedb stores embeddings); a zero or non-finite
+    vector is an :class:`LLMError` naming the ``what`` (and its id in ``ids``) it belongs to."""
+    out = []
+    for i, v in enumerate(vectors):
+        norm = math.sqrt(sum(x * x for x in v))
+        if not norm or not math.isfinite(norm):
+            name = f"{what} {ids[i] if ids is not None else i + 1}"
+            raise LLMError(
+                f"the embeddings endpoint returned a zero or non-finite vector for {name}"
+            )
+        out.append([x / norm for x in v])
+    return out
+
+
+class EndpointEncoder:
+    """An OpenAI-compatible embeddings endpoint as an encoder for :mod:`saedb.query`.
+
+    Labels embedded from an endpoint (``saedb label --embed-base-url URL --embed-model NAME``)
+    can only be compared with queries embedded by the same model: pass
+    ``encoder=EndpointEncoder(config)`` and ``model=config.model`` to
+    :func:`saedb.query.relevant_latents` or :func:`saedb.query.embed_queries`. The query's
+    embedding is then cached in ``query_embeddings`` under that model like MiniLM's, so
+    ``latents_for_query('...', model := NAME)`` finds it from SQL. With ``store`` the calls
+    are cached and accounted in ``llm_calls``.
+    """
+
+    def __init__(self, config: LLMConfig, store: Store | None = None) -> None:
+        if not config.model:
+            raise ConfigError("no embedding model named: give the embedding model's name")
+        self.config = config
+        self.store = store
+
+    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit-length embeddings of ``texts``, one list of floats per text."""
+        return unit_vectors(embed_texts(self.config, list(texts), store=self.store), "query")
 
 
 RERANK_SYSTEM = (

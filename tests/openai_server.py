@@ -15,9 +15,12 @@ answers from the prompt itself, as a very literal model would:
 Usage counts are words of the request and the answer. Failures are queued with :meth:`fail`
 (optionally only for requests whose body contains a string) and consumed one per request:
 ``429`` (with ``Retry-After``), ``500``, ``timeout`` (answer after a sleep longer than the
-client waits), ``malformed`` (content that is not JSON), ``empty`` (empty content),
-``blank`` (a JSON label that is blank), ``401`` (an error body that echoes the Authorization
-header, as careless servers do). :meth:`hang_after` makes every request after the n-th answered
+client waits), ``malformed`` (content that is not JSON), ``empty`` (empty content; for
+embeddings no vectors), ``blank`` (a JSON label that is blank), ``length`` (the answer cut
+in half, ``finish_reason: "length"``), ``zero`` (embeddings: a zero vector), ``401`` (an
+error body that echoes the Authorization header, as careless servers do). With
+``strict_params`` it refuses ``max_tokens`` and a temperature other than 1 with 400, as
+OpenAI does for its reasoning models. :meth:`hang_after` makes every request after the n-th answered
 one wait until :meth:`release` (to interrupt a client mid-run). Every request is recorded.
 """
 
@@ -41,6 +44,7 @@ _WORD = re.compile(r"[a-z]+")
 class Failure:
     kind: str
     match: str | None = None
+    path: str | None = None
     retry_after: float | None = None
     seconds: float = 0.0
 
@@ -76,6 +80,8 @@ class FakeOpenAI:
     _released: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0
     """Seconds every request waits before it is answered."""
+    strict_params: bool = False
+    """Refuse chat requests with max_tokens or a temperature other than 1 (400)."""
     in_flight: int = 0
     max_in_flight: int = 0
     """The most requests that were being handled at once."""
@@ -88,15 +94,17 @@ class FakeOpenAI:
         times: int = 1,
         *,
         match: str | None = None,
+        path: str | None = None,
         retry_after: float | None = None,
         seconds: float = 3.0,
     ) -> None:
-        """Queue ``times`` failures of ``kind`` for the next requests (containing ``match``)."""
-        known = ("429", "500", "timeout", "malformed", "empty", "blank", "401")
+        """Queue ``times`` failures of ``kind`` for the next requests (containing ``match``,
+        to a path ending in ``path``: ``/embeddings``, ``/chat/completions``)."""
+        known = ("429", "500", "timeout", "malformed", "empty", "blank", "length", "zero", "401")
         assert kind in known, kind
         with self._lock:
             for _ in range(times):
-                self._failures.append(Failure(kind, match, retry_after, seconds))
+                self._failures.append(Failure(kind, match, path, retry_after, seconds))
 
     def hang_after(self, n: int) -> None:
         """Requests after the n-th answered one wait until :meth:`release`."""
@@ -156,7 +164,9 @@ class FakeOpenAI:
     def _take_failure(self, req: Request) -> Failure | None:
         with self._lock:
             for i, f in enumerate(self._failures):
-                if f.match is None or f.match in req.text:
+                if (f.match is None or f.match in req.text) and (
+                    f.path is None or req.path.endswith(f.path)
+                ):
                     return self._failures.pop(i)
         return None
 
@@ -223,18 +233,30 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if failure is not None and failure.kind == "timeout":
             time.sleep(failure.seconds)
+        kind = failure.kind if failure else None
         if self.path.endswith("/embeddings"):
             payload = _embeddings(body)
+            if kind == "empty":
+                payload["data"] = []
+            elif kind == "zero":
+                payload["data"][0]["embedding"] = [0.0] * DIM
         elif self.path.endswith("/chat/completions"):
-            content = _answer(req.text)
-            if failure is not None and failure.kind == "malformed":
+            refused = _refused(body) if fake.strict_params else None
+            if refused is not None:
+                req.status = 400
+                self._send(400, {"error": refused})
+                return
+            content, finish = _answer(req.text), "stop"
+            if kind == "malformed":
                 content = 'Sure! {"label": "unfinished, "description": '
-            elif failure is not None and failure.kind == "empty":
+            elif kind == "empty":
                 content = ""
-            elif failure is not None and failure.kind == "blank":
+            elif kind == "blank":
                 content = '{"label": "   ", "description": "nothing"}'
+            elif kind == "length":
+                content, finish = content[: len(content) // 2], "length"
             req.content = content
-            payload = _completion(body, req.text, content)
+            payload = _completion(body, req.text, content, finish)
         else:
             req.status = 404
             self._send(404, {"error": {"message": f"no route {self.path}"}})
@@ -277,7 +299,30 @@ def _answer(prompt: str) -> str:
     return "I do not know what to say."
 
 
-def _completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, Any]:
+def _refused(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 error for a reasoning model's unsupported parameters, or None."""
+    if "max_tokens" in body:
+        return {
+            "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "unsupported_parameter",
+        }
+    if body.get("temperature", 1) != 1:
+        return {
+            "message": f"Unsupported value: 'temperature' does not support "
+            f"{body['temperature']} with this model. Only the default (1) value is supported.",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "unsupported_value",
+        }
+    return None
+
+
+def _completion(
+    body: dict[str, Any], prompt: str, content: str, finish: str = "stop"
+) -> dict[str, Any]:
     n_in, n_out = len(prompt.split()), len(content.split())
     return {
         "id": "chatcmpl-test",
@@ -288,7 +333,7 @@ def _completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, An
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},

@@ -290,3 +290,83 @@ def test_request_hash_covers_model_messages_and_params() -> None:
     assert a != llm._request_hash("chat", {"model": "m", "messages": [2], "params": {"t": 0}})
     assert a != llm._request_hash("chat", {"model": "m", "messages": [1], "params": {"t": 1}})
     assert json.loads(json.dumps({"k": a}))["k"] == a
+
+
+def test_backoff_doubles_per_attempt_and_is_capped(openai_server, store, monkeypatch) -> None:
+    monkeypatch.setattr(llm.random, "random", lambda: 0.5)  # jitter factor 0.5 + 0.5 = 1
+    openai_server.fail("500", times=3)
+    openai_server.fail("429", retry_after=30)  # more than max_backoff: capped too
+    chat(config(openai_server, backoff=0.2, max_backoff=0.5), store, "patience")
+    reqs = openai_server.requests
+    assert [r.failure for r in reqs] == ["500", "500", "500", "429", None]
+    gaps = [b.received - a.received for a, b in zip(reqs, reqs[1:], strict=False)]
+    # 0.2, 0.4, then 0.8 and 30 capped at 0.5 (upper bounds leave room for a loaded machine)
+    for gap, want in zip(gaps, [0.2, 0.4, 0.5, 0.5], strict=True):
+        assert want <= gap < want + 0.25, gaps
+
+
+def test_adapts_to_reasoning_model_parameters(openai_server, store) -> None:
+    cfg = config(openai_server, max_tokens=300)
+    chat(cfg, store, "first")  # an ordinary server takes max_tokens and temperature
+    assert openai_server.requests[0].body["max_tokens"] == 300
+    assert openai_server.requests[0].body["temperature"] == 0.0
+    openai_server.reset()
+    openai_server.strict_params = True
+
+    async def go():
+        async with llm.LLMClient(cfg, store) as client:
+            a = await client.chat([{"role": "user", "content": "a"}], purpose="t")
+            b = await client.chat([{"role": "user", "content": "b"}], purpose="t")
+            return a, b
+
+    a, b = asyncio.run(go())
+    assert a.text == b.text == "I do not know what to say."
+    statuses = [r.status for r in openai_server.requests]
+    assert statuses == [400, 400, 200, 200]  # refused twice, then adapted for the session
+    last = openai_server.requests[-1].body
+    assert last["max_completion_tokens"] == 300 and "max_tokens" not in last
+    assert "temperature" not in last
+    rows = calls(store)[1:]
+    assert [(r["status"], r["http_status"]) for r in rows] == [
+        ("retried", 400),
+        ("retried", 400),
+        ("ok", 200),
+        ("ok", 200),
+    ]
+    assert "max_completion_tokens" in rows[0]["error"]
+    # a new session adapts again (the 400s cost nothing) and then finds the answer cached
+    openai_server.reset()
+    again = chat(cfg, store, "a")
+    assert again.cached and [r.status for r in openai_server.requests] == [400, 400]
+
+
+def test_a_cut_off_answer_says_to_raise_max_tokens(openai_server, store) -> None:
+    openai_server.fail("length", times=2)
+    cands = [{"latent_id": 1, "label": "tea", "description": "drinks", "similarity": 0.5}]
+    with pytest.raises(llm.LLMResponseError, match=r"cut off at the limit of 50.*max_tokens"):
+        llm.rerank_latents(config(openai_server, max_tokens=50), "tea", cands, store=store)
+    assert [r.failure for r in openai_server.requests] == ["length", "length"]
+    assert store.sql("SELECT count(*) AS n FROM llm_cache").n[0] == 0
+
+
+@pytest.mark.parametrize(("kind", "says"), [("empty", "0 embeddings for 2"), ("zero", "zero")])
+def test_bad_embeddings_are_errors_and_not_cached(openai_server, store, kind, says) -> None:
+    openai_server.fail(kind)
+    cfg = config(openai_server, model="embedder")
+    with pytest.raises(llm.LLMResponseError, match=says):
+        llm.embed_texts(cfg, ["zebra", "kettle"], store=store)
+    assert store.sql("SELECT count(*) AS n FROM llm_cache").n[0] == 0
+    vectors = llm.embed_texts(cfg, ["zebra", "kettle"], store=store)  # asked again: fine now
+    assert vectors[0] == pytest.approx(embed("zebra"))
+    assert len(openai_server.answered) == 2
+
+
+def test_endpoint_encoder_gives_unit_vectors(openai_server, store) -> None:
+    enc = llm.EndpointEncoder(config(openai_server, model="embedder"), store)
+    got = enc.encode(["zebra stripes", "tea"])
+    assert got[0] == pytest.approx(embed("zebra stripes"))
+    assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-6) for v in got)
+    with pytest.raises(ConfigError, match="embedding model"):
+        llm.EndpointEncoder(llm.LLMConfig(base_url=openai_server.base_url))
+    with pytest.raises(llm.LLMError, match="zero or non-finite vector for label 7"):
+        llm.unit_vectors([[1.0, 0.0], [0.0, 0.0]], "label", [3, 7])
