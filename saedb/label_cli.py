@@ -191,7 +191,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def _label_llm(store: Any, config: Any, args: argparse.Namespace, latents: Any) -> int:
-    from saedb.llm_labels import label_llm_run, summarise
+    from saedb.llm_labels import LabelRunInterrupted, label_llm_run, summarise
 
     t0 = time.perf_counter()
     try:
@@ -208,12 +208,14 @@ def _label_llm(store: Any, config: Any, args: argparse.Namespace, latents: Any) 
             max_rounds=args.max_rounds,
             progress=not args.quiet,
         )
-    except KeyboardInterrupt:
+    except LabelRunInterrupted as exc:
         print(
-            "the latents labelled so far are saved; run the same command again to go on "
-            "(answers already paid for come from the cache)",
+            f"interrupted after labelling {len(exc.run.labelled)} latents; they are saved: "
+            "run the same command again to go on (answers already paid for come from the "
+            "cache)",
             file=sys.stderr,
         )
+        print(summarise(exc.run.stats), file=sys.stderr)
         raise
     print(
         f"labelled {len(run.labelled)} latents with the LLM {run.model} at "
@@ -229,6 +231,11 @@ def _label_llm(store: Any, config: Any, args: argparse.Namespace, latents: Any) 
         print(f"  {len(run.kept)} kept their label (no better one found): {_ids(run.kept)}")
     if run.never_fired:
         print(f"  {len(run.never_fired)} never fired, so not labelled: {_ids(run.never_fired)}")
+    if run.unscored:
+        print(
+            f"  {len(run.unscored)} labelled without a score (too few examples to hold any "
+            f"out for scoring): {_ids(run.unscored)}"
+        )
     print(summarise(run.stats))
     if run.failed:
         print(f"error: {len(run.failed)} latents failed, not labelled:", file=sys.stderr)

@@ -34,8 +34,8 @@ already paid for from ``llm_cache``.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,8 +58,9 @@ if TYPE_CHECKING:
     from saedb.store import Store
 
 LABELER = "llm"
-PROMPT_VERSION = "llm-1"
-"""Changes whenever the prompts or the example sample change (labels record it)."""
+PROMPT_VERSION = "llm-2"
+"""Changes whenever the prompts or the example sample change (labels record it). llm-2:
+the texts judged in scoring lose the ``…`` that marked where a window was cut."""
 
 N_POS, N_NEG, N_NEAR = 10, 5, 5
 """Examples shown to the model: positives, random negatives, near-miss negatives."""
@@ -164,6 +165,9 @@ class LLMLabelRun:
     relabelled: list[int] = field(default_factory=list)
     """Latents that went through more than one labelling round (or had a label below it)."""
     never_fired: list[int] = field(default_factory=list)
+    unscored: list[int] = field(default_factory=list)
+    """Latents labelled without a score although scoring was asked for: too few examples
+    to hold any out (a latent that fired in one document, say)."""
     failed: dict[int, str] = field(default_factory=dict)
     """Latent -> why it got no label."""
     stats: CallStats = field(default_factory=CallStats)
@@ -321,8 +325,22 @@ def detection_items(held_out: Sequence[Example], latent: int) -> list[Example]:
     return items
 
 
-def _unmarked(snippet: str) -> str:
-    return snippet.replace("<<", "").replace(">>", "")
+_CUT_WORD = 24
+"""At most this many characters of a word cut off at a window's edge are dropped."""
+
+
+def detection_text(snippet: str) -> str:
+    """A snippet as the scoring prompt shows it: no ``<< >>`` marks, and where a window was cut
+    (``…``) neither the ``…`` nor the cut word. Positives are windows around a peak, cut at
+    both ends and often mid-word; random negatives are the starts of documents, cut at the
+    end only: left in, those cuts would tell the judge which texts are positives without
+    reading them."""
+    text = snippet.strip()  # the cut words are found before the marks go: never the peak
+    if text.startswith("…"):
+        text = re.sub(rf"^[^\s<>]{{0,{_CUT_WORD}}}\s+", "", text[1:])
+    if text.endswith("…"):
+        text = re.sub(rf"\s+[^\s<>]{{0,{_CUT_WORD}}}$", "", text[:-1])
+    return text.replace("<<", "").replace(">>", "").strip()
 
 
 def detection_messages(label: str, description: str, items: Sequence[Example]) -> list[dict]:
@@ -335,7 +353,7 @@ def detection_messages(label: str, description: str, items: Sequence[Example]) -
         "For each numbered text below, say whether the feature fires somewhere in it (1) or "
         "not (0).",
         "",
-        *(f"[{i}] {_one_line(_unmarked(e.snippet))}" for i, e in enumerate(items, 1)),
+        *(f"[{i}] {_one_line(detection_text(e.snippet))}" for i, e in enumerate(items, 1)),
         "",
         f'Answer with JSON only: {{"matches": [...]}}, a list of {len(items)} numbers (1 or 0), '
         "one per text, in order.",
@@ -370,6 +388,15 @@ def confusion(items: Sequence[Example], said: Sequence[bool]) -> Score:
 
 
 # -- the run ---------------------------------------------------------------------------------
+
+
+class LabelRunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`label_llm_run`; ``run`` holds what it did and spent until then
+    (the labels of finished latents and every answered call are already committed)."""
+
+    def __init__(self, run: LLMLabelRun) -> None:
+        super().__init__("interrupted")
+        self.run = run
 
 
 class _Skip(Exception):
@@ -574,7 +601,8 @@ def label_llm_run(
     Choose latents as :func:`saedb.labels.label_offline` does. Never raises for one latent's
     failure: those are in the result's ``failed`` (and in ``label_failures``); raises
     :class:`saedb.llm.LLMEndpointError` only through ``failed`` too, after stopping early
-    when the endpoint refuses every call (bad key, unknown model).
+    when the endpoint refuses every call (bad key, unknown model). Ctrl-C raises
+    :class:`LabelRunInterrupted` (a ``KeyboardInterrupt``) carrying what was done and spent.
     """
     if relabel_below is not None and not 0.0 <= relabel_below <= 1.0:
         raise ConfigError(
@@ -601,9 +629,12 @@ def label_llm_run(
     run.already = [i for i in ids if i in done and i not in low]
     todo = [i for i in ids if i not in done or i in low]
     base = {i: existing[i] for i in low}
-    return run_sync(
-        _run(store, config, sae_id, todo, base, run, score, relabel_below, max_rounds, progress)
-    )
+    try:
+        return run_sync(
+            _run(store, config, sae_id, todo, base, run, score, relabel_below, max_rounds, progress)
+        )
+    except KeyboardInterrupt as exc:
+        raise LabelRunInterrupted(run) from exc
 
 
 async def _run(
@@ -656,6 +687,8 @@ async def _run(
                     else:
                         _write(ctx, latent, cand)
                         run.labelled.append(latent)
+                        if ctx.score and cand.score is None:
+                            run.unscored.append(latent)
                     if n_rounds > 1 or latent in existing:
                         run.relabelled.append(latent)
                 bar.update(1)
@@ -668,6 +701,7 @@ async def _run(
         finally:
             bar.close()
     run.labelled.sort()
+    run.unscored.sort()
     return run
 
 
@@ -683,7 +717,7 @@ def embed_labels_remote(store: Store, config: LLMConfig, *, sae: int | str | Non
     """
     import pyarrow as pa
 
-    from saedb.llm import aembed_texts
+    from saedb.llm import aembed_texts, unit_vectors
 
     if not config.model:
         raise ConfigError("no embedding model named: give --embed-model NAME")
@@ -701,14 +735,7 @@ def embed_labels_remote(store: Store, config: LLMConfig, *, sae: int | str | Non
     vectors = run_sync(
         aembed_texts(config, todo.column("label").to_pylist(), config.model, store=store)
     )
-    unit = []
-    for label_id, v in zip(todo.column("label_id").to_pylist(), vectors, strict=True):
-        norm = math.sqrt(sum(x * x for x in v))
-        if not norm or not all(math.isfinite(x) for x in v):
-            raise LLMError(
-                f"the embeddings endpoint returned a zero or non-finite vector for label {label_id}"
-            )
-        unit.append([x / norm for x in v])
+    unit = unit_vectors(vectors, "label", todo.column("label_id").to_pylist())
     table = pa.table(
         {
             "label_id": todo.column("label_id"),

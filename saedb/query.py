@@ -139,7 +139,8 @@ def embed_queries(
 
     New embeddings are written to ``query_embeddings`` when the store is writable (one
     transaction). Only MiniLM (``EMBEDDING_MODEL``) can embed here, unless ``encoder`` (an
-    object with ``encode(texts)``) is given for ``model``.
+    object with ``encode(texts)``) is given for ``model``: for labels embedded from an
+    OpenAI-compatible endpoint, :class:`saedb.llm.EndpointEncoder` of the same model.
     """
     texts = list(dict.fromkeys(normalise(q) for q in queries))
     cached = store.arrow(
@@ -154,8 +155,10 @@ def embed_queries(
     if todo:
         if encoder is None and model != EMBEDDING_MODEL:
             raise ConfigError(
-                f"saedb embeds queries with {EMBEDDING_MODEL} only; the labels' model {model!r} "
-                "needs its own encoder (pass encoder=...)"
+                f"saedb embeds queries with {EMBEDDING_MODEL} itself; for the labels' model "
+                f"{model!r} pass an encoder of that model, e.g. encoder=saedb.llm."
+                f"EndpointEncoder(LLMConfig(base_url=..., model={model!r})) for labels "
+                "embedded from an endpoint"
             )
         enc = encoder if encoder is not None else default_encoder()
         vectors = [[float(x) for x in v] for v in enc.encode(todo)]
