@@ -5,8 +5,9 @@ For each latent:
 1. **Examples** (SQL, deterministic for a seed): positives sampled from its strongest documents
    by the table macro ``latent_examples``, each a window around the peak token marked
    ``<<...>>``; random negatives (encoded documents where it did not fire) from the same macro;
-   and near-miss negatives from ``latent_near_misses`` (documents of the same datasets where
-   it did not fire but the latents that fire with it did). Each kind is split in two by its
+   and, unless ``near_misses=False``, near-miss negatives from ``latent_near_misses``
+   (documents of the same datasets where it did not fire but the latents that fire with it
+   did). Each kind is split in two by its
    sample rank: the first part is shown to the model, the rest is **held out** for scoring.
 2. **Label**: the model gets the shown positives and negatives and answers a short label and a
    one-sentence description as JSON (code fences and stray text are tolerated). A bad answer
@@ -62,6 +63,8 @@ PROMPT_VERSION = "llm-2"
 """Changes whenever the prompts or the example sample change (labels record it). llm-2:
 the texts judged in scoring lose the ``…`` that marked where a window was cut."""
 
+RANDOM_NEGATIVES = "-random-negatives"
+"""Appended to the prompt version of labels made without near misses (``near_misses=False``)."""
 N_POS, N_NEG, N_NEAR = 10, 5, 5
 """Examples shown to the model: positives, random negatives, near-miss negatives."""
 S_POS, S_NEG, S_NEAR = 10, 5, 5
@@ -156,6 +159,8 @@ class LLMLabelRun:
     """What :func:`label_llm_run` did."""
 
     model: str
+    prompt_version: str = PROMPT_VERSION
+    """The prompt version of the labels this run wrote (and skipped)."""
     labelled: list[int] = field(default_factory=list)
     """Latents given a new label."""
     already: list[int] = field(default_factory=list)
@@ -189,14 +194,17 @@ def _rows(con: Any, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def latent_examples(
-    store: Store | Any, sae_id: int, latent: int, seed: int = SEED
+    store: Store | Any, sae_id: int, latent: int, seed: int = SEED, near_misses: bool = True
 ) -> LatentExamples:
     """The latent's shown and held-out examples (see the module's docstring).
 
     ``store`` is a :class:`Store` or a DuckDB connection (a cursor of the store's, so that
-    examples can be read in a worker thread while the event loop's thread writes).
+    examples can be read in a worker thread while the event loop's thread writes). With
+    ``near_misses=False`` every negative is a random one (and ``latent_near_misses`` is not
+    run): as many negatives, none of them chosen to look like the positives.
     """
     con = getattr(store, "con", store)
+    n_neg, s_neg = (N_NEG, S_NEG) if near_misses else (N_NEG + N_NEAR, S_NEG + S_NEAR)
     rows = _rows(
         con,
         "SELECT kind, doc_id, snippet FROM latent_examples($latent, sae := $sae, "
@@ -212,19 +220,21 @@ def latent_examples(
             "seed": seed,
         },
     )
-    near = _rows(
-        con,
-        "SELECT doc_id, snippet FROM latent_near_misses($latent, sae := $sae, n := $n, "
-        "top := $top, context := $context, seed := $seed) ORDER BY rank",
-        {
-            "latent": latent,
-            "sae": sae_id,
-            "n": N_NEAR + S_NEAR,
-            "top": TOP,
-            "context": CONTEXT,
-            "seed": seed,
-        },
-    )
+    near = []
+    if near_misses:
+        near = _rows(
+            con,
+            "SELECT doc_id, snippet FROM latent_near_misses($latent, sae := $sae, n := $n, "
+            "top := $top, context := $context, seed := $seed) ORDER BY rank",
+            {
+                "latent": latent,
+                "sae": sae_id,
+                "n": N_NEAR + S_NEAR,
+                "top": TOP,
+                "context": CONTEXT,
+                "seed": seed,
+            },
+        )
     pos = [
         Example(r["doc_id"], r["snippet"], True, "positive")
         for r in rows
@@ -235,27 +245,33 @@ def latent_examples(
         Example(r["doc_id"], r["snippet"], False, "negative")
         for r in rows
         if r["kind"] == "negative" and r["doc_id"] not in near_ids
-    ][: N_NEG + S_NEG]
+    ][: n_neg + s_neg]
     # near misses alternate between shown and held out, so both get the closest ones
     nears = [Example(r["doc_id"], r["snippet"], False, "near") for r in near]
     shown_near = nears[0::2][: _split(len(nears), N_NEAR, S_NEAR)]
     held_near = [e for e in nears if e not in shown_near][:S_NEAR]
-    k_pos, k_neg = _split(len(pos), N_POS, S_POS), _split(len(neg), N_NEG, S_NEG)
+    k_pos, k_neg = _split(len(pos), N_POS, S_POS), _split(len(neg), n_neg, s_neg)
     return LatentExamples(
         shown=pos[:k_pos] + neg[:k_neg] + shown_near,
-        held_out=pos[k_pos : k_pos + S_POS] + neg[k_neg : k_neg + S_NEG] + held_near,
+        held_out=pos[k_pos : k_pos + S_POS] + neg[k_neg : k_neg + s_neg] + held_near,
     )
 
 
 def relabel_examples(
-    store: Store | Any, sae_id: int, latent: int, offset: int, held_out: Sequence[Example]
+    store: Store | Any,
+    sae_id: int,
+    latent: int,
+    offset: int,
+    held_out: Sequence[Example],
+    near_misses: bool = True,
 ) -> list[Example]:
     """Examples to show when relabelling: seed ``SEED + offset``, held-out documents excluded."""
-    other = latent_examples(store, sae_id, latent, seed=SEED + offset)
+    other = latent_examples(store, sae_id, latent, seed=SEED + offset, near_misses=near_misses)
     banned = {e.doc_id for e in held_out}
     fresh = [e for e in other.shown + other.held_out if e.doc_id not in banned]
     out: list[Example] = []
-    for kind, n in (("positive", N_POS), ("negative", N_NEG), ("near", N_NEAR)):
+    n_neg = N_NEG if near_misses else N_NEG + N_NEAR
+    for kind, n in (("positive", N_POS), ("negative", n_neg), ("near", N_NEAR)):
         out += [e for e in fresh if e.kind == kind][:n]
     return out
 
@@ -411,6 +427,18 @@ class _Failed(Exception):
         self.stage, self.error = stage, error
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`label_llm_run` was asked to label (passed on to :func:`_run`)."""
+
+    score: bool
+    relabel_below: float | None
+    max_rounds: int
+    near_misses: bool
+    prompt_version: str
+    progress: bool
+
+
 @dataclass
 class _Context:
     store: Store
@@ -421,6 +449,8 @@ class _Context:
     relabel_below: float | None
     max_rounds: int
     existing: dict[int, Candidate]
+    near_misses: bool = True
+    prompt_version: str = PROMPT_VERSION
     fatal: LLMEndpointError | None = None
 
 
@@ -436,7 +466,7 @@ async def _in_thread(ctx: _Context, fn: Any, *args: Any) -> Any:
 
 async def _label_latent(ctx: _Context, latent: int) -> tuple[int, Candidate | None]:
     """Label (and score) one latent: the rounds it took and the label to write (None: keep)."""
-    ex = await _in_thread(ctx, latent_examples, ctx.sae_id, latent)
+    ex = await _in_thread(ctx, latent_examples, ctx.sae_id, latent, SEED, ctx.near_misses)
     if not ex.n_positive:
         raise _Skip
     can_score = (
@@ -455,7 +485,9 @@ async def _label_latent(ctx: _Context, latent: int) -> tuple[int, Candidate | No
         n_rounds = round_
         offset = round_ - 1 + (baseline is not None)
         if offset:
-            shown = await _in_thread(ctx, relabel_examples, ctx.sae_id, latent, offset, ex.held_out)
+            shown = await _in_thread(
+                ctx, relabel_examples, ctx.sae_id, latent, offset, ex.held_out, ctx.near_misses
+            )
         relabel = round_ > 1 or baseline is not None
         try:
             (label, desc), _ = await chat_json(
@@ -522,7 +554,7 @@ def _write(ctx: _Context, latent: int, cand: Candidate) -> None:
                 cand.description,
                 LABELER,
                 ctx.model,
-                PROMPT_VERSION,
+                ctx.prompt_version,
                 cand.value,
                 cand.n_shown,
             ],
@@ -562,18 +594,20 @@ def _record_failure(ctx: _Context, latent: int, stage: str, error: str) -> None:
     ctx.store.con.execute(
         "INSERT INTO label_failures (sae_id, latent_id, labeler, model, prompt_version, stage, "
         "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [ctx.sae_id, latent, LABELER, ctx.model, PROMPT_VERSION, stage, error],
+        [ctx.sae_id, latent, LABELER, ctx.model, ctx.prompt_version, stage, error],
     )
 
 
-def _existing(store: Store, sae_id: int, model: str) -> tuple[set[int], dict[int, Candidate]]:
+def _existing(
+    store: Store, sae_id: int, model: str, version: str
+) -> tuple[set[int], dict[int, Candidate]]:
     """Latents with a label of this version, and the best such label of each (with score)."""
     rows = store.arrow(
         "SELECT latent_id, arg_max(label, coalesce(score, -1)) AS label, "
         "arg_max(description, coalesce(score, -1)) AS description, max(score) AS score "
         "FROM latent_labels WHERE sae_id = ? AND labeler = ? AND model = ? "
         "AND prompt_version = ? GROUP BY latent_id",
-        [sae_id, LABELER, model, PROMPT_VERSION],
+        [sae_id, LABELER, model, version],
     ).to_pylist()
     best = {
         r["latent_id"]: Candidate(r["label"], r["description"] or "", None, 0, value=r["score"])
@@ -594,9 +628,14 @@ def label_llm_run(
     score: bool = True,
     relabel_below: float | None = None,
     max_rounds: int = 3,
+    near_misses: bool = True,
     progress: bool = True,
 ) -> LLMLabelRun:
     """Label latents with the LLM of ``config`` (see the module's docstring).
+
+    ``near_misses=False`` takes every negative at random (no ``latent_near_misses`` query,
+    faster on large stores); its labels have prompt version ``PROMPT_VERSION +
+    RANDOM_NEGATIVES``, so they coexist with labels made with near misses.
 
     Choose latents as :func:`saedb.labels.label_offline` does. Never raises for one latent's
     failure: those are in the result's ``failed`` (and in ``label_failures``); raises
@@ -618,21 +657,21 @@ def label_llm_run(
     ids = choose_latents(
         store, sae_id, latents, top_diff=top_diff, all_firing=all_firing, limit=limit
     )
-    done, existing = _existing(store, sae_id, config.model)
+    version = PROMPT_VERSION if near_misses else PROMPT_VERSION + RANDOM_NEGATIVES
+    done, existing = _existing(store, sae_id, config.model, version)
     if relabel_below is not None:
         low = {
             i for i in done if existing[i].value is not None and existing[i].value < relabel_below
         }
     else:
         low = set()
-    run = LLMLabelRun(model=config.model)
+    run = LLMLabelRun(model=config.model, prompt_version=version)
     run.already = [i for i in ids if i in done and i not in low]
     todo = [i for i in ids if i not in done or i in low]
     base = {i: existing[i] for i in low}
     try:
-        return run_sync(
-            _run(store, config, sae_id, todo, base, run, score, relabel_below, max_rounds, progress)
-        )
+        settings = _Settings(score, relabel_below, max_rounds, near_misses, version, progress)
+        return run_sync(_run(store, config, sae_id, todo, base, run, settings))
     except KeyboardInterrupt as exc:
         raise LabelRunInterrupted(run) from exc
 
@@ -644,12 +683,11 @@ async def _run(
     todo: list[int],
     existing: dict[int, Candidate],
     run: LLMLabelRun,
-    score: bool,
-    relabel_below: float | None,
-    max_rounds: int,
-    progress: bool,
+    settings: _Settings,
 ) -> LLMLabelRun:
     from tqdm import tqdm
+
+    progress = settings.progress
 
     assert config.model is not None
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -659,7 +697,16 @@ async def _run(
     async with LLMClient(config, store) as client:
         run.stats = client.stats
         ctx = _Context(
-            store, client, sae_id, config.model, score, relabel_below, max_rounds, existing
+            store,
+            client,
+            sae_id,
+            config.model,
+            settings.score,
+            settings.relabel_below,
+            settings.max_rounds,
+            existing,
+            settings.near_misses,
+            settings.prompt_version,
         )
 
         async def worker() -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -214,3 +215,32 @@ def test_queries_against_labels_embedded_by_an_endpoint(openai_server, store) ->
     )
     n_calls = store.sql("SELECT count(*) AS n FROM llm_calls WHERE purpose = 'embed'").n[0]
     assert n_calls == 2  # labels, then the query: both accounted
+
+
+# -- random negatives only -------------------------------------------------------------
+
+
+def test_without_near_misses_every_negative_is_random(openai_server, store) -> None:
+    ex = llm_labels.latent_examples(store, 1, ZEBRA, near_misses=False)
+    kinds = Counter(e.kind for e in ex.shown)
+    assert kinds == {"positive": 10, "negative": 10}
+    assert Counter(e.kind for e in ex.held_out) == kinds
+    assert not {e.doc_id for e in ex.shown} & {e.doc_id for e in ex.held_out}
+    with_near = llm_labels.latent_examples(store, 1, ZEBRA)
+    assert Counter(e.kind for e in with_near.shown)["near"] == 5
+    run = llm_labels.label_llm_run(
+        store, config(openai_server), [ZEBRA], near_misses=False, progress=False
+    )
+    assert run.labelled == [ZEBRA]
+    prompts = [r.text for r in openai_server.answered if "feature fires:" in r.text]
+    assert len(prompts) == 1 and "(similar texts)" not in prompts[0]
+    # labels made with near misses are another version: both coexist
+    again = llm_labels.label_llm_run(store, config(openai_server), [ZEBRA], progress=False)
+    assert again.labelled == [ZEBRA] and not again.already
+    versions = store.sql("SELECT prompt_version FROM latent_labels ORDER BY label_id")
+    want = [llm_labels.PROMPT_VERSION + llm_labels.RANDOM_NEGATIVES, llm_labels.PROMPT_VERSION]
+    assert versions.prompt_version.tolist() == want
+    skipped = llm_labels.label_llm_run(
+        store, config(openai_server), [ZEBRA], near_misses=False, progress=False
+    )
+    assert skipped.already == [ZEBRA]
