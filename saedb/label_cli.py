@@ -237,6 +237,8 @@ def _label_llm(store: Any, config: Any, args: argparse.Namespace, latents: Any) 
             f"out for scoring): {_ids(run.unscored)}"
         )
     print(summarise(run.stats))
+    for latent in sorted(run.warnings):
+        print(f"warning: latent {latent}: {run.warnings[latent]}", file=sys.stderr)
     if run.failed:
         print(f"error: {len(run.failed)} latents failed, not labelled:", file=sys.stderr)
         for latent in sorted(run.failed):

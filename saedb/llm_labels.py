@@ -175,6 +175,8 @@ class LLMLabelRun:
     to hold any out (a latent that fired in one document, say)."""
     failed: dict[int, str] = field(default_factory=dict)
     """Latent -> why it got no label."""
+    warnings: dict[int, str] = field(default_factory=dict)
+    """Latent -> a relabelling round that failed (the latent kept the best earlier label)."""
     stats: CallStats = field(default_factory=CallStats)
 
 
@@ -452,6 +454,7 @@ class _Context:
     near_misses: bool = True
     prompt_version: str = PROMPT_VERSION
     fatal: LLMEndpointError | None = None
+    warnings: dict[int, str] = field(default_factory=dict)
 
 
 async def _in_thread(ctx: _Context, fn: Any, *args: Any) -> Any:
@@ -501,6 +504,7 @@ async def _label_latent(ctx: _Context, latent: int) -> tuple[int, Candidate | No
         except LLMError as exc:
             if best is None or isinstance(exc, LLMEndpointError):
                 raise _Failed("relabel" if relabel else "label", exc) from exc
+            ctx.warnings[latent] = f"relabelling round {round_} failed, label kept: {exc}"
             break  # keep the label of an earlier round
         score = None
         if can_score:
@@ -516,6 +520,9 @@ async def _label_latent(ctx: _Context, latent: int) -> tuple[int, Candidate | No
             except LLMError as exc:
                 if best is None or isinstance(exc, LLMEndpointError):
                     raise _Failed("score", exc) from exc
+                ctx.warnings[latent] = (
+                    f"scoring in relabelling round {round_} failed, label kept: {exc}"
+                )
                 break
             score = confusion(items, said)
         cand = Candidate(label, desc, score, round_, n_shown=len(shown))
@@ -696,6 +703,8 @@ async def _run(
     bar = tqdm(total=len(todo), desc="labelling (LLM)", unit="latent", disable=not progress)
     async with LLMClient(config, store) as client:
         run.stats = client.stats
+        ctx_warnings: dict[int, str] = {}
+        run.warnings = ctx_warnings
         ctx = _Context(
             store,
             client,
@@ -707,6 +716,7 @@ async def _run(
             existing,
             settings.near_misses,
             settings.prompt_version,
+            warnings=ctx_warnings,
         )
 
         async def worker() -> None:

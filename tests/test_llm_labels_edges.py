@@ -25,6 +25,7 @@ from tests.test_llm_labels import (
     FIRING,
     KETTLE,
     KEY,
+    RANDOM,
     REPO,
     ZEBRA,
     build_store,
@@ -244,3 +245,25 @@ def test_without_near_misses_every_negative_is_random(openai_server, store) -> N
         store, config(openai_server), [ZEBRA], near_misses=False, progress=False
     )
     assert skipped.already == [ZEBRA]
+
+
+# -- a failed relabelling round ----------------------------------------------------------
+
+
+def test_a_failed_relabelling_round_is_a_warning(
+    openai_server, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("SAEDB_TEST_KEY", KEY)
+    path = build_store(tmp_path / "relabel.duckdb")
+    openai_server.fail("500", times=2, match="An earlier label")  # round 2's label call
+    argv = ["--latents", f"{RANDOM}", "--relabel-below", "0.99", "--max-retries", "1"]
+    assert main(cli_args(path, openai_server, *argv)) == 0  # the latent has a label
+    out, err = capsys.readouterr()
+    assert "labelled 1 latents" in out
+    assert f"warning: latent {RANDOM}: relabelling round 2 failed, label kept:" in err
+    assert "after 2 attempts: HTTP 500" in err
+    with saedb.open(path, read_only=True) as s:
+        got = s.sql(
+            "SELECT l.score, r.round FROM latent_labels l JOIN label_scores r USING (label_id)"
+        )
+    assert got["round"].tolist() == [1] and got.score[0] < 0.99
