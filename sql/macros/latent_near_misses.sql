@@ -25,8 +25,8 @@
 --   highest-scoring documents without a doc_latents row for the latent are returned (ties by
 --   hash(doc_id, seed), then doc_id). After the top documents only the partners' doc_latents
 --   rows are read, and texts only for the n chosen documents, so memory stays at one row per
---   document where a partner fired (about 0.4 s per latent at 1M documents with 50 latents
---   each, bench/llm_labels.py). The snippet is a window around the peak of the document's
+--   document where a partner fired (0.3-1 s per latent at 1M documents with 50 latents each,
+--   on 2 shared cores under a 512MB memory_limit: bench/llm_labels.py). The snippet is a window around the peak of the document's
 --   highest-weighted partner, unmarked (the latent itself has no peak there). Empty when the
 --   latent never fired or no partner has a positive weight.
 -- column rank: the document's place, from 1 (highest score)
