@@ -103,6 +103,12 @@ def add_parser(sub: Any) -> None:
         help="do not score labels on held-out examples (half the calls; score stays NULL)",
     )
     llm.add_argument(
+        "--no-near-misses",
+        action="store_true",
+        help="every negative example at random (default: half of them near misses, documents "
+        "where the latent's usual partners fired but it did not)",
+    )
+    llm.add_argument(
         "--relabel-below",
         type=float,
         metavar="X",
@@ -206,6 +212,7 @@ def _label_llm(store: Any, config: Any, args: argparse.Namespace, latents: Any) 
             score=not args.no_score,
             relabel_below=args.relabel_below,
             max_rounds=args.max_rounds,
+            near_misses=not args.no_near_misses,
             progress=not args.quiet,
         )
     except LabelRunInterrupted as exc:

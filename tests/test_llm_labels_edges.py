@@ -267,3 +267,20 @@ def test_a_failed_relabelling_round_is_a_warning(
             "SELECT l.score, r.round FROM latent_labels l JOIN label_scores r USING (label_id)"
         )
     assert got["round"].tolist() == [1] and got.score[0] < 0.99
+
+
+def test_cli_no_near_misses(openai_server, tmp_path, capsys, monkeypatch) -> None:
+    """saedb label --no-near-misses: random negatives only, recorded as their own version."""
+    monkeypatch.setenv("SAEDB_TEST_KEY", KEY)
+    path = build_store(tmp_path / "nonear.duckdb")
+    argv = cli_args(path, openai_server, "--latents", str(ZEBRA), "--no-score")
+    assert main([*argv, "--no-near-misses"]) == 0
+    prompts = [r.text for r in openai_server.answered if "feature fires:" in r.text]
+    assert len(prompts) == 1 and "(similar texts)" not in prompts[0]
+    assert main(argv) == 0  # with near misses: another version, labelled again
+    prompts = [r.text for r in openai_server.answered if "feature fires:" in r.text]
+    assert len(prompts) == 2 and "(similar texts)" in prompts[1]
+    with saedb.open(path, read_only=True) as s:
+        versions = s.sql("SELECT prompt_version FROM latent_labels ORDER BY label_id")
+    want = [llm_labels.PROMPT_VERSION + llm_labels.RANDOM_NEGATIVES, llm_labels.PROMPT_VERSION]
+    assert versions.prompt_version.tolist() == want
