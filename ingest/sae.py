@@ -154,8 +154,34 @@ def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """``h = x' W_enc + b_enc`` as SAELens computes it: the matmul, then the bias added. A
     fused ``addmm`` rounds differently, which flips the sign of the odd ``h`` within an ulp
     of 0 (a latent that fires in SAELens and not here, at values ~1e-7); the separate add
-    costs one pass over ``h``, small next to the matmul."""
-    return torch.mm(x, sae.W_enc).add_(sae.b_enc)
+    costs one pass over ``h``, small next to the matmul. On CPU numpy adds the bias: one
+    IEEE float32 add per element like torch's (the same bits), without torch's thread-pool
+    hand-off, which costs several ms per call on a busy 2-core machine (bench/sae.py)."""
+    pre = torch.mm(x, sae.W_enc)
+    if _numpy_ok(pre) and not sae.b_enc.requires_grad:
+        h = pre.numpy()
+        np.add(h, sae.b_enc.numpy(), out=h)
+        return pre
+    return pre.add_(sae.b_enc)
+
+
+def _greater(pre: torch.Tensor, floor: torch.Tensor | float) -> torch.Tensor:
+    """``pre > floor`` as a bool tensor; on CPU by numpy (see ``_pre_acts`` for why)."""
+    if _numpy_ok(pre) and not (isinstance(floor, torch.Tensor) and floor.requires_grad):
+        bound = floor.numpy() if isinstance(floor, torch.Tensor) else floor
+        return torch.from_numpy(np.greater(pre.numpy(), bound))
+    return pre > floor
+
+
+def _numpy_ok(t: torch.Tensor) -> bool:
+    """Whether ``t`` can be worked on in place through ``t.numpy()``: a plain float32 CPU
+    tensor outside autograd."""
+    return (
+        t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.is_contiguous()
+        and not t.requires_grad
+    )
 
 
 class MaskedArchitecture(Architecture):
@@ -182,7 +208,7 @@ class Standard(MaskedArchitecture):
 
     def masked(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = _pre_acts(sae, x)
-        return pre, pre > 0
+        return pre, _greater(pre, 0.0)
 
 
 @register_architecture("jumprelu")
@@ -194,7 +220,7 @@ class JumpReLU(MaskedArchitecture):
     def masked(self, sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert sae.threshold is not None
         pre = _pre_acts(sae, x)
-        return pre, pre > sae.threshold.clamp_min(0.0)
+        return pre, _greater(pre, sae.threshold.clamp_min(0.0))
 
 
 @register_architecture("gated")
@@ -249,7 +275,8 @@ class AbsTopK(TopK):
         pre = _pre_acts(sae, x)
         if sae.rescale_acts_by_decoder_norm:
             pre.mul_(sae.W_dec.norm(dim=1))
-        idx = pre.abs().topk(sae.k, dim=1, sorted=False).indices
+        size = torch.from_numpy(np.abs(pre.numpy())) if _numpy_ok(pre) else pre.abs()
+        idx = size.topk(sae.k, dim=1, sorted=False).indices
         return pre.gather(1, idx), idx
 
     def dense(self, sae: SAE, x: torch.Tensor) -> torch.Tensor:
