@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import combinations
 
 import numpy as np
 
@@ -102,6 +103,34 @@ def npmi(n_both: int, n_i: int, n_j: int, n_docs: int) -> float:
         math.log(n_docs) - math.log(n_both)
     )
     return max(-1.0, min(1.0, v))
+
+
+def permutation_p(
+    x: Sequence[float], y: Sequence[float], n_perm: int = 10_000, seed: int = 0
+) -> float:
+    """One-sided permutation p-value of ``mean(x) - mean(y)``: the share of ways to split the
+    pooled values into groups of ``len(x)`` and ``len(y)`` whose difference of means is at
+    least the observed one. Every split when there are at most ``n_perm`` (exact; the observed
+    split is one of them), else ``n_perm`` seeded random ones, as ``(b + 1) / (n_perm + 1)``
+    so the estimate is never 0. 1.0 when either group is empty."""
+    if not x or not y:
+        return 1.0
+    pooled = np.asarray([*x, *y], dtype=float)
+    n, m = len(pooled), len(x)
+    observed = float(np.mean(x) - np.mean(y))
+    total = pooled.sum()
+
+    def diffs(sums: np.ndarray) -> np.ndarray:
+        return sums / m - (total - sums) / (n - m)
+
+    tol = 1e-12 * max(1.0, abs(observed))
+    if math.comb(n, m) <= n_perm:
+        sums = np.array([pooled[list(c)].sum() for c in combinations(range(n), m)])
+        return float(np.mean(diffs(sums) >= observed - tol))
+    rng = np.random.default_rng(seed)
+    idx = np.argsort(rng.random((n_perm, n)), axis=1)[:, :m]
+    b = int((diffs(pooled[idx].sum(axis=1)) >= observed - tol).sum())
+    return (b + 1) / (n_perm + 1)
 
 
 def adjusted_rand(truth: Sequence, predicted: Sequence) -> float:

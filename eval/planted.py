@@ -18,7 +18,7 @@ import numpy as np
 from eval.common import pyplot, sae_id, savefig
 from eval.config import EvalConfig
 from eval.corpora import ensure_store, sae_key, subset_rows
-from eval.metrics import phrase_latents, planted_rank
+from eval.metrics import permutation_p, phrase_latents, planted_rank
 from eval.report import StudyResult, Table, fmt
 
 PHRASE = "I hope it is correct."
@@ -29,9 +29,12 @@ planted documents."""
 MIN_INDUCED = 0.8
 """A phrase latent fires in at least this share more of the planted copies than of their
 originals (latents that peak at a text's last tokens anyway are not phrase latents)."""
-LINK_MARGIN = 0.1
+LINK_ALPHA = 0.05
 """NPMI "links" the phrase latent to the trigger when its mean NPMI with the computers
-latents is positive and exceeds that with the people latents by this much."""
+latents is positive and exceeds its mean NPMI with the people latents by more than a random
+regrouping of those latents does: one-sided permutation p below this."""
+LINK_PERMUTATIONS = 10_000
+"""Random regroupings of the computers and people latents in the link's permutation test."""
 TRIGGER_LATENTS = 10
 """Computers latents: the top of diff(B's computers fortunes, B's people fortunes)."""
 NPMI_MIN_COUNT = 5
@@ -111,6 +114,7 @@ def run(cfg: EvalConfig) -> StudyResult:
             "NPMI with computers latents (mean)",
             "NPMI with people latents (mean)",
             "best computers latent: NPMI rank",
+            "permutation p (computers > people)",
             "linked",
         ],
     )
@@ -193,18 +197,20 @@ def run(cfg: EvalConfig) -> StudyResult:
             ).fetchall()
             npmi_of = {int(r[0]): float(r[3]) for r in partners}
             # a latent that never fired together with the phrase latent counts as NPMI -1
-            m_trig = float(np.mean([npmi_of.get(t, -1.0) for t in trig])) if trig else None
-            m_other = float(np.mean([npmi_of.get(t, -1.0) for t in other])) if other else None
+            v_trig = [npmi_of.get(t, -1.0) for t in trig]
+            v_other = [npmi_of.get(t, -1.0) for t in other]
+            m_trig = float(np.mean(v_trig)) if trig else None
+            m_other = float(np.mean(v_other)) if other else None
+            p_link = (
+                permutation_p(v_trig, v_other, LINK_PERMUTATIONS, cfg.seed)
+                if trig and other
+                else None
+            )
             frequent = [r for r in partners if r[1] >= NPMI_MIN_COUNT]
             trig_rank = next(
                 (i for i, r in enumerate(frequent, start=1) if int(r[0]) in trig), None
             )
-            linked = bool(
-                m_trig is not None
-                and m_other is not None
-                and m_trig > 0
-                and m_trig > m_other + LINK_MARGIN
-            )
+            linked = bool(p_link is not None and m_trig > 0 and p_link < LINK_ALPHA)
             table.rows.append(
                 [
                     f"{rate:.0%}" if rate else "0% (control)",
@@ -217,6 +223,7 @@ def run(cfg: EvalConfig) -> StudyResult:
                     m_trig,
                     m_other,
                     f"{trig_rank} of {len(frequent)}" if trig_rank else "—",
+                    p_link,
                     linked,
                 ]
             )
@@ -243,7 +250,7 @@ def run(cfg: EvalConfig) -> StudyResult:
 
     rows = [r for r in table.rows if "control" not in str(r[0])]
     top1 = [r[0] for r in rows if r[3] == 1]
-    linked_at = [r[0] for r in rows if r[10]]
+    linked_at = [r[0] for r in rows if r[11]]
     control = table.rows[0]
     first = rows[0]
     findings = (
@@ -266,20 +273,31 @@ def run(cfg: EvalConfig) -> StudyResult:
             else ""
         )
         + ". NPMI links the phrase to its trigger (mean NPMI with the computers latents "
-        f"positive and more than {LINK_MARGIN} above that with the people latents) at "
+        f"positive, and above that with the people latents at permutation p < {LINK_ALPHA}) "
+        "at "
         + (f"rates {', '.join(linked_at)}" if linked_at else "no rate")
-        + f" (control without planting: {fmt(control[7])} vs {fmt(control[8])}). NPMI over a "
-        "handful of co-occurrences is noisy, so the link needs enough planted documents to "
-        "show."
+        + f" (control without planting: {fmt(control[7])} vs {fmt(control[8])}, p = "
+        f"{fmt(control[10])}"
+        + (", linked: a false link" if control[11] else ", not linked")
+        + "). NPMI over a handful of co-occurrences is noisy, so the link needs enough "
+        "planted documents to show."
     )
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
     xs = [p[0] * 100 for p in points]
-    ax1.plot(xs, [p[1] if p[1] else float("nan") for p in points], "o-")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.invert_yaxis()
+    ranks = [p[1] if p[1] else float("nan") for p in points]
+    ax1.plot(xs, ranks, "o-")
+    for ax in (ax1, ax2):  # limits set, not autoscaled: a line of NaNs has none to log-scale
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    if any(r == r for r in ranks):
+        ax1.set_yscale("log")
+        ax1.invert_yaxis()
+    else:
+        ax1.text(
+            0.5, 0.5, "absent from the diff at every rate", ha="center", transform=ax1.transAxes
+        )
     ax1.set_xlabel("planting rate (% of half A)")
     ax1.set_ylabel("rank in diff(A, B) (1 = top)")
     ax1.set_title("Planted phrase: rank of its latent")
@@ -290,8 +308,15 @@ def run(cfg: EvalConfig) -> StudyResult:
         ax2.plot(
             xs, [p[idx] if p[idx] is not None else float("nan") for p in points], style, label=label
         )
+    if not (trig and other):
+        ax2.text(
+            0.5,
+            0.5,
+            "no computers or people latents\n(q < 0.05) to compare",
+            ha="center",
+            transform=ax2.transAxes,
+        )
     ax2.axhline(0, color="grey", linewidth=0.5)
-    ax2.set_xscale("log")
     ax2.set_ylim(-1.05, 1)
     ax2.set_xlabel("planting rate (% of half A)")
     ax2.set_ylabel("mean NPMI with the phrase latent")
@@ -321,8 +346,16 @@ document lists (`diff_doc_sets`, and NPMI with the shared `npmi_score` macro).
   `diff_doc_sets(B's {TRIGGER}, B's {OTHER})` and of the reverse, found on clean data
   (computers: {", ".join(str(t) for t in trig)}; people: {", ".join(str(t) for t in other)}).
 - *NPMI*: over A's documents at that rate, the NPMI of the phrase latent with each of those
-  latents (-1 for a latent that never fired together with it), averaged per group; "linked"
-  when the computers mean is positive and above the people mean. "NPMI rank": the place of
+  latents (-1 for a latent that never fired together with it), averaged per group. "Linked"
+  when both hold: the computers mean is positive (the phrase latent fires with the trigger's
+  latents more often than if they were independent), and it is above the people mean by more
+  than chance: a one-sided permutation test that regroups the {len(trig) + len(other)} NPMI
+  values at random into groups of {len(trig)} and {len(other)} ({LINK_PERMUTATIONS:,} seeded
+  regroupings, or all of them when fewer) gives p < {LINK_ALPHA}. A permutation test rather
+  than a fixed margin: how far apart two groups' mean NPMI lie by chance depends on how many
+  documents the latents fire in, which changes with the sample size and the rate, so no
+  fixed number means "clearly above" at every rate; the 0% control shows whether the rule
+  calls links where there are none. "NPMI rank": the place of
   the best computers latent among all latents co-firing with the phrase latent in at least
   {NPMI_MIN_COUNT} documents, by NPMI.
 """
