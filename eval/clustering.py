@@ -72,8 +72,11 @@ def run(cfg: EvalConfig) -> StudyResult:
                     [name, list(names), sid, m],
                 ).fetchall()
                 from_diff += [int(r[0]) for r in rows if int(r[0]) not in from_diff]
-            scores = []
+            scores: list[tuple[float | None, float | None]] = []
             for latents in (from_query, from_diff):
+                if not latents:  # e.g. no latent passes q < 0.05 in a small sample
+                    scores.append((None, None))
+                    continue
                 res = store.cluster(latents, k=k, datasets=list(names), seed=cfg.seed)
                 got = dict(
                     zip(
@@ -99,16 +102,16 @@ def run(cfg: EvalConfig) -> StudyResult:
                     f"{', '.join(names)} ({k})",
                     len(docs),
                     scores[0][0],
-                    f"{scores[0][1]:.0%}",
+                    _share(scores[0][1]),
                     scores[1][0],
-                    f"{scores[1][1]:.0%}",
+                    _share(scores[1][1]),
                     ari_km,
                 ]
             )
-            plot_rows.append((f"{label}\nk={k}", scores[0][0], scores[1][0], ari_km))
+            plot_rows.append((f"{label}\nk={k}", _nan(scores[0][0]), _nan(scores[1][0]), ari_km))
 
-    q_mean = float(np.mean([r[1] for r in plot_rows]))
-    o_mean = float(np.mean([r[2] for r in plot_rows]))
+    q_mean = _mean([r[1] for r in plot_rows])
+    o_mean = _mean([r[2] for r in plot_rows])
     k_mean = float(np.mean([r[3] for r in plot_rows]))
     loses = q_mean < k_mean
     wins = [r[0].replace("\n", " ") for r in plot_rows if r[2] > r[3]]
@@ -179,3 +182,17 @@ fired go to saedb's cluster -1, scored as one more cluster (the share is given).
         findings=findings,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _share(x: float | None) -> str:
+    return "no latents" if x is None else f"{x:.0%}"
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _mean(xs: list[float]) -> float:
+    """Mean over the settings that had latents to cluster on (NaN when none had)."""
+    finite = [x for x in xs if x == x]
+    return float(np.mean(finite)) if finite else float("nan")
