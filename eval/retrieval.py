@@ -174,7 +174,7 @@ the {n} queries.
 
 - *saedb search* (query -> latents via `{backend}`): the query is embedded with MiniLM
   (all-MiniLM-L6-v2), compared by cosine with the MiniLM embeddings of every latent's
-  current label (offline log-odds labels of every latent that fired in the store), and the
+  current label (offline log-odds labels of {cfg.labelled} in the store), and the
   {cfg.query_latents} most similar latents, {weighting}, go to the SQL macro
   `retrieve`. It returns only documents where at least one of those latents fired; the other
   documents follow in a seeded random order, so every method ranks the same documents.
