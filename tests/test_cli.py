@@ -31,6 +31,7 @@ from saedb import __version__
 from saedb.cli import build_parser, main
 from saedb.output import render
 from tests.conftest import REPO, fortunes, write_jsonl
+from tests.proc_util import READ, wait_until_blocked
 
 LONG = "x" * 499 + "y"  # 500 characters; the last one shows whether anything was cut
 
@@ -257,8 +258,7 @@ def test_ctrl_c_exits_130_with_one_line(empty_store) -> None:
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # type: ignore[union-attr]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=0.5)  # let it reach the read from stdin
+        wait_until_blocked(proc.pid, READ)  # reading stdin, not inside DuckDB opening the store
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

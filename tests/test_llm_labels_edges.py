@@ -20,6 +20,7 @@ from saedb import llm, llm_labels, query
 from saedb.cli import main
 from saedb.errors import ConfigError
 from tests.openai_server import embed
+from tests.proc_util import EVENT_LOOP_WAIT, wait_until_blocked
 from tests.test_llm_labels import (
     DATA,
     FIRING,
@@ -141,7 +142,9 @@ def test_ctrl_c_says_what_was_saved_and_spent(openai_server, tmp_path) -> None:
         deadline = time.monotonic() + 60
         while len(openai_server.requests) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)
+        wait_until_blocked(
+            proc.pid, EVENT_LOOP_WAIT
+        )  # waiting on the hung request, not inside DuckDB
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
