@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 # Ground-truth evaluation (eval/): ingests seeded samples of the Debian fortunes and wordnet-base
 # corpora and the npm spam-assassin corpus into cached stores under .cache/eval/, runs the five
-# studies and regenerates docs/evaluation.md + docs/img/eval_*.png (measured: ~45 min from an empty cache on a loaded 2-core machine, ~3 min with the stores cached; see docs/evaluation.md).
+# studies and regenerates docs/evaluation.md + docs/img/eval_*.png (measured 2026-12-03: 6.4 min from an empty cache on the shared 2-core machine, of which 4.2 min build the stores; see docs/evaluation.md).
 eval: $(STAMP)
 	@test -d /usr/share/games/fortunes -a -d /usr/share/wordnet || \
 		{ echo "first: apt-get install fortunes fortunes-min wordnet-base"; exit 1; }
