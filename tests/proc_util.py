@@ -8,8 +8,17 @@ sits in a blocking system call (reading stdin, waiting on a socket) and only the
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must react to Ctrl-C: a shell without job control
+    starts background jobs (a CI script run with ``&``) with SIGINT ignored, children inherit
+    that, and Python then never raises KeyboardInterrupt. Restore the default first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 # x86_64 Linux syscall numbers. Not futex: a main thread waiting for DuckDB's worker threads
 # sits in futex, and that is exactly when a signal must not be sent.

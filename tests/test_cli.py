@@ -31,7 +31,7 @@ from saedb import __version__
 from saedb.cli import build_parser, main
 from saedb.output import render
 from tests.conftest import REPO, fortunes, write_jsonl
-from tests.proc_util import READ, wait_until_blocked
+from tests.proc_util import READ, default_sigint, wait_until_blocked
 
 LONG = "x" * 499 + "y"  # 500 characters; the last one shows whether anything was cut
 
@@ -255,6 +255,7 @@ def test_ctrl_c_exits_130_with_one_line(empty_store) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # type: ignore[union-attr]

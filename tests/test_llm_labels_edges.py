@@ -20,7 +20,7 @@ from saedb import llm, llm_labels, query
 from saedb.cli import main
 from saedb.errors import ConfigError
 from tests.openai_server import embed
-from tests.proc_util import EVENT_LOOP_WAIT, wait_until_blocked
+from tests.proc_util import EVENT_LOOP_WAIT, default_sigint, wait_until_blocked
 from tests.test_llm_labels import (
     DATA,
     FIRING,
@@ -137,6 +137,7 @@ def test_ctrl_c_says_what_was_saved_and_spent(openai_server, tmp_path) -> None:
         stderr=subprocess.PIPE,
         start_new_session=True,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 60
