@@ -471,6 +471,8 @@ def test_plain_duckdb_can_query_every_object(
         "diff_metadata": "SELECT * FROM diff_metadata('parity', 'even', 'odd', dataset := 'beta')",
         "retrieve": "SELECT * FROM retrieve([{'latent_id': 3, 'weight': 1.0}, "
         "{'latent_id': 5, 'weight': 0.5}], k := 5)",
+        "retrieve_thresholds": "SELECT * FROM retrieve_thresholds([{'latent_id': 3, "
+        "'weight': 1.0}], k := 5)",
         "doc_vectors": "SELECT * FROM doc_vectors([3, 5, 7], datasets := ['alpha', 'beta'])",
         "npmi": "SELECT * FROM npmi(min_count := 1)",
         "npmi_targets": "SELECT * FROM npmi_targets([0, 1, 2])",

@@ -1,29 +1,31 @@
 -- name: retrieve
 -- kind: table_macro
 -- answers: Which documents score highest on a weighted combination of latents, which latents gave each its score, and what text did the strongest one fire on?
--- inputs: doc_latents, documents, datasets, settings
+-- inputs: doc_latents, latent_counts, documents, datasets, settings
 -- grain: one row per document, the k documents with the highest score, highest first (ties by doc_id)
 -- params: weights, sae := NULL, k := 100, datasets := NULL
 -- param weights: LIST of STRUCT(latent_id INTEGER, weight DOUBLE), written [{'latent_id': 12, 'weight': 1.0}, {'latent_id': 40, 'weight': -0.5}]
 -- param sae: the SAE id; NULL means the store's default SAE
 -- param k: how many documents to return
 -- param datasets: LIST of dataset names to search in (datasets.name); NULL means all datasets
--- depends: resolve_sae, mark_span
+-- depends: resolve_sae, mark_span, retrieve_thresholds
 -- notes: score = sum over the listed latents that fired in the document of weight * max_act
 --   (latents that did not fire add 0). A latent listed twice has its weights added up;
 --   entries with a NULL latent_id or weight are ignored. Only documents where at least one
 --   listed latent fired are candidates, so with negative weights a document where nothing
 --   listed fired (score 0) is never returned while one with a negative score can be. The
 --   score is summed in latent order, so equal inputs give equal scores and ties are broken
---   by doc_id: the result is deterministic. An ordered aggregate over every candidate costs
---   ~4x a plain one, so ranking takes two passes: plain DOUBLE sums (whose last bits depend
---   on the order threads add them) pick the k best and every document within 1e-9 of the
---   sum of its |contributions| of the k-th (a bound far above any rounding difference), and
---   only those get the ordered sum that decides the result. Ranking reads every row of the
---   listed latents (a threshold-algorithm shortcut over per-latent top lists was measured
---   and rejected: a document's score sums several latents, and the bound it needs rarely
---   prunes). doc_latents is filtered by joining the small weights table on latent_id, fast
---   on the latent-sorted layout. Like
+--   by doc_id: the result is deterministic, and exact. The k best are found without summing
+--   every document (docs/design.md#retrieve): a first pass sums, per document, only its rows
+--   above their latent's threshold (retrieve_thresholds; negative rows always count), which
+--   gives each such document a lower bound on its score, and the k-th best of those bounds is
+--   compared with the sum of the thresholds, which is the most a document with no such row
+--   can score. When it is higher (allowing 1e-9 of the magnitudes for rounding), only the
+--   first pass's documents whose upper bound (seen sum plus the thresholds of their unseen
+--   latents) reaches it get the exact sum. Otherwise (no counts in latent_counts, fewer than
+--   k documents, a bound too weak) every document gets a plain DOUBLE sum and the k best,
+--   with every document within 1e-9 of the sum of its |contributions| of the k-th, get the
+--   exact sum. Both ways the answer is the same. Like
 --   top_documents, every doc_latents row of the SAE counts (doc_encodings is not consulted).
 --   An unknown dataset name in datasets is an error. snippet keeps 100 characters either
 --   side of the peak token.
@@ -39,89 +41,119 @@ WITH rt_unknown AS (
     FROM (SELECT unnest(datasets) AS name) AS u
     ANTI JOIN datasets AS ds ON ds.name = u.name
 ),
-rt_scope AS (
-    SELECT ds.dataset_id
-    FROM datasets AS ds
-    WHERE list_contains(datasets, ds.name)
-),
 rt_weights AS (
-    SELECT CAST(w.latent_id AS INTEGER) AS latent_id, sum(CAST(w.weight AS DOUBLE)) AS weight
-    FROM (SELECT unnest(weights, recursive := true)) AS w
-    WHERE w.latent_id IS NOT NULL AND w.weight IS NOT NULL
-    GROUP BY ALL
+    -- the listed latents, their summed weights and first-pass thresholds
+    SELECT th.latent_id, th.weight, th.threshold, th.budget
+    FROM retrieve_thresholds(weights, sae := sae, k := k, datasets := datasets) AS th
 ),
-rt_rows AS (
+rt_rows AS MATERIALIZED (
     SELECT
         dl.doc_id,
         w.latent_id,
-        w.weight,
-        CAST(dl.max_act AS DOUBLE) AS max_act,
         w.weight * CAST(dl.max_act AS DOUBLE) AS contribution,
-        dl.max_char_start,
-        dl.max_char_end
+        w.threshold
     FROM doc_latents AS dl
     JOIN rt_weights AS w ON dl.latent_id = w.latent_id
     WHERE dl.sae_id = resolve_sae(sae)
+      AND (datasets IS NULL OR dl.doc_id IN (
+          SELECT d.doc_id
+          FROM documents AS d
+          JOIN datasets AS ds ON ds.dataset_id = d.dataset_id
+          WHERE list_contains(datasets, ds.name)
+      ))
 ),
-rt_in_scope AS (
-    SELECT r.*
+rt_total AS (
+    -- total: a document with no row above its threshold scores at most this; slack: with the
+    -- size of a sum, bounds the magnitudes that rounding applies to (a document's negative
+    -- rows weigh at most all negative rows together)
+    SELECT
+        t.total,
+        t.budget,
+        t.total - 2 * (SELECT coalesce(sum(r.contribution), 0) FROM rt_rows AS r
+            WHERE r.contribution < 0) AS slack
+    FROM (
+        SELECT coalesce(sum(w.threshold), 0) AS total, max(w.budget) AS budget
+        FROM rt_weights AS w
+    ) AS t
+),
+rt_seen AS (
+    -- first pass: per document, the sum of its rows above their threshold (negative rows are
+    -- always included), and a bound on the rounding of sums of its rows
+    SELECT
+        r.doc_id,
+        sum(r.contribution) AS seen,
+        sum(r.threshold) AS seen_threshold,
+        1e-9 * (abs(sum(r.contribution)) + (SELECT t.slack FROM rt_total AS t)) AS err
     FROM rt_rows AS r
-    WHERE datasets IS NULL
-       OR r.doc_id IN (
-           SELECT d.doc_id FROM documents AS d JOIN rt_scope AS s ON d.dataset_id = s.dataset_id
-       )
+    WHERE r.contribution > r.threshold OR r.contribution < 0
+    GROUP BY r.doc_id
 ),
-rt_approx AS (
-    -- a fast first pass: plain DOUBLE sums, whose last bits depend on the order in which
-    -- threads add them, and a bound on that: 1e-9 of the sum of |contribution| is far more
-    -- than the rounding of any order of the additions
+rt_bound AS (
+    -- the k-th best lower bound; the shortcut holds when no unseen document can reach it
+    SELECT
+        b.kth,
+        coalesce(t.budget > 0 AND t.total * (1 + 1e-9) < b.kth, false) AS pruned,
+        t.total
+    FROM (
+        SELECT CASE WHEN count(*) >= k THEN min(s.low) END AS kth
+        FROM (SELECT s.seen - s.err AS low FROM rt_seen AS s ORDER BY low DESC LIMIT k) AS s
+    ) AS b, rt_total AS t
+),
+rt_sums AS (
+    -- without the shortcut: plain DOUBLE sums of every document (whose last bits depend on
+    -- the order threads add them) and a bound on that rounding
     SELECT
         r.doc_id,
         sum(r.contribution) AS approx,
         1e-9 * sum(abs(r.contribution)) AS slack
-    FROM rt_in_scope AS r
+    FROM rt_rows AS r, rt_bound AS b
+    WHERE NOT b.pruned
     GROUP BY r.doc_id
 ),
-rt_best AS (
-    SELECT a.approx, a.slack
-    FROM rt_approx AS a
-    ORDER BY a.approx DESC
-    LIMIT k
-),
-rt_floor AS (
-    -- the k-th best exact score is at least this; fewer than k documents: all are wanted
+rt_sums_floor AS (
     SELECT CASE WHEN count(*) < k THEN CAST('-inf' AS DOUBLE)
-        ELSE min(b.approx) - max(b.slack) END AS floor
-    FROM rt_best AS b
+        ELSE min(s.approx) - max(s.slack) END AS floor
+    FROM (SELECT s.approx, s.slack FROM rt_sums AS s ORDER BY s.approx DESC LIMIT k) AS s
+),
+rt_candidates AS (
+    -- the documents that can reach the top k: with the shortcut, those whose seen sum plus
+    -- the thresholds of the latents not seen could reach the k-th lower bound; without it,
+    -- the k best plain sums and the few within rounding of them
+    SELECT s.doc_id
+    FROM rt_seen AS s, rt_bound AS b
+    WHERE b.pruned
+      AND s.seen + (b.total - s.seen_threshold) + s.err >= b.kth
+    UNION ALL
+    SELECT s.doc_id
+    FROM rt_sums AS s, rt_sums_floor AS f
+    WHERE s.approx + s.slack >= f.floor
 ),
 rt_top AS (
-    -- the exact score (summed in latent order, so equal inputs give equal scores) of the
-    -- documents that can reach the floor: the k best and the few within rounding of them
+    -- the exact score (summed in latent order, so equal inputs give equal scores)
     SELECT r.doc_id, sum(r.contribution ORDER BY r.latent_id) AS score
-    FROM rt_in_scope AS r
-    SEMI JOIN (
-        SELECT a.doc_id
-        FROM rt_approx AS a, rt_floor AS f
-        WHERE a.approx + a.slack >= f.floor
-    ) AS c ON c.doc_id = r.doc_id
+    FROM rt_rows AS r
+    SEMI JOIN rt_candidates AS c ON c.doc_id = r.doc_id
     GROUP BY r.doc_id
     ORDER BY score DESC, r.doc_id
     LIMIT k
 ),
 rt_parts AS (
+    -- the top documents' rows again, with what explaining them needs
     SELECT
-        r.doc_id,
+        dl.doc_id,
         list_sort(list({
-            'neg_contribution': -r.contribution,
-            'latent_id': r.latent_id,
-            'weight': r.weight,
-            'max_act': r.max_act,
-            'char_start': r.max_char_start,
-            'char_end': r.max_char_end
+            'neg_contribution': -(w.weight * CAST(dl.max_act AS DOUBLE)),
+            'latent_id': w.latent_id,
+            'weight': w.weight,
+            'max_act': CAST(dl.max_act AS DOUBLE),
+            'char_start': dl.max_char_start,
+            'char_end': dl.max_char_end
         })) AS parts
-    FROM rt_in_scope AS r
-    SEMI JOIN rt_top AS t ON t.doc_id = r.doc_id
-    GROUP BY r.doc_id
+    FROM doc_latents AS dl
+    JOIN rt_weights AS w ON dl.latent_id = w.latent_id
+    SEMI JOIN rt_top AS t ON t.doc_id = dl.doc_id
+    WHERE dl.sae_id = resolve_sae(sae)
+    GROUP BY dl.doc_id
 )
 SELECT
     t.doc_id,
