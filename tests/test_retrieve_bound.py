@@ -278,14 +278,16 @@ def test_thresholds_follow_the_model(con) -> None:
     """retrieve_thresholds against the water-filling it describes, computed with numpy."""
     pairs = [(0, 1.0), (1, 0.8), (3, 0.5), (8, 1.5), (30, 1.0), (40, 0.0), (9, -1.0)]
     k = 50
-    got = con.execute(
-        "SELECT * FROM retrieve_thresholds(?, k := ?)", [pairs_arg(pairs), k]
-    ).df()
+    got = con.execute("SELECT * FROM retrieve_thresholds(?, k := ?)", [pairs_arg(pairs), k]).df()
     assert got.latent_id.tolist() == sorted(i for i, _ in pairs)
-    counts = con.execute(
-        "SELECT latent_id, sum(n_fired) AS n, sum(sum_max_act) AS s FROM latent_counts "
-        "GROUP BY latent_id"
-    ).df().set_index("latent_id")
+    counts = (
+        con.execute(
+            "SELECT latent_id, sum(n_fired) AS n, sum(sum_max_act) AS s FROM latent_counts "
+            "GROUP BY latent_id"
+        )
+        .df()
+        .set_index("latent_id")
+    )
     weight = dict(pairs)
     n = np.array([counts.n[i] for i, _ in pairs], dtype=np.float64)
     mu = np.array([weight[i] * counts.s[i] / counts.n[i] for i, _ in pairs])
@@ -326,9 +328,7 @@ def test_a_document_under_every_threshold_is_found_when_it_can_rank(con) -> None
             "SELECT latent_id, threshold FROM retrieve_thresholds(?, k := ?)",
             [pairs_arg(pairs), k],
         ).fetchall()
-        under = {
-            i: float(np.nextafter(np.float32(t), np.float32(0))) for i, t in rows if t > 0
-        }
+        under = {i: float(np.nextafter(np.float32(t), np.float32(0))) for i, t in rows if t > 0}
         con.execute(f"DELETE FROM doc_latents WHERE doc_id = {low_doc}")
         insert(con, "doc_latents", planted(low_doc, under))
         want = retrieve_reference(current(con), pairs, 1, k)
