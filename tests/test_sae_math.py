@@ -222,6 +222,55 @@ def test_encode_sparse_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(whole.values, chunked.values, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["standard", "topk", "gated"])
+@pytest.mark.parametrize(("d_in", "d_sae", "n"), [(96, 1536, 130), (2048, 1024, 600)])
+def test_sparse_encode_has_the_bits_of_the_row_major_product(
+    arch: str, d_in: int, d_sae: int, n: int
+) -> None:
+    """From d_in 2048 the SAE holds W_enc column-major and encode_sparse multiplies by it in
+    256-row chunks (W_enc^T x^T); both paths must give bit-for-bit the latents and values of
+    x @ W_enc with W_enc row-major, as SAELens holds it, at sizes where sgemm blocks."""
+    rng = np.random.default_rng(d_in)
+    w_enc = (rng.standard_normal((d_in, d_sae)) / np.sqrt(d_in)).astype(np.float32)
+    b_dec = (rng.standard_normal(d_in) * 0.1).astype(np.float32)
+    bias = (rng.standard_normal(d_sae) * 0.3 - 0.6).astype(np.float32)
+    row_major = torch.from_numpy(w_enc)
+    assert row_major.is_contiguous()
+    extra = (
+        # r_mag = 0 and b_mag = b_gate: gated's f is then ReLU(x' W_enc + b_gate) as well
+        {
+            "b_gate": torch.from_numpy(bias),
+            "r_mag": torch.zeros(d_sae),
+            "b_mag": torch.from_numpy(bias),
+        }
+        if arch == "gated"
+        else {"b_enc": torch.from_numpy(bias)}
+    )
+    sae = SAE(
+        architecture=arch,
+        W_enc=row_major,
+        W_dec=torch.zeros(d_sae, d_in),
+        b_dec=torch.from_numpy(b_dec),
+        k=32 if arch == "topk" else None,
+        **extra,
+    )
+    assert sae_mod._column_major(sae) == (d_in >= 2048) and torch.equal(sae.W_enc, row_major)
+    x = torch.from_numpy(rng.standard_normal((n, d_in)).astype(np.float32))
+    h = torch.mm(x - torch.from_numpy(b_dec), row_major) + torch.from_numpy(bias)
+    if arch == "topk":
+        keep = torch.zeros_like(h, dtype=torch.bool)
+        keep.scatter_(1, h.topk(32, dim=1).indices, True)
+        h = torch.where(keep, h, torch.zeros_like(h))
+    want = h.clamp_min(0.0).numpy()
+    tok, lat, val = sae.encode_sparse(x)
+    rows, cols = np.nonzero(want)
+    assert len(rows) > n  # several latents fire per token
+    np.testing.assert_array_equal(tok.numpy(), rows)
+    np.testing.assert_array_equal(lat.numpy(), cols)
+    np.testing.assert_array_equal(val.numpy(), want[rows, cols])
+    assert torch.equal(sae.encode(x), torch.from_numpy(want))
+
+
 def test_decode_and_input_dtypes() -> None:
     p, x = random_params("standard", seed=10), inputs(seed=11)
     sae = make_sae(p, "standard")

@@ -16,8 +16,8 @@
 --   listed fired (score 0) is never returned while one with a negative score can be. The
 --   score is summed in latent order, so equal inputs give equal scores and ties are broken
 --   by doc_id: the result is deterministic, and exact. The k best are found without summing
---   every document (docs/design.md#retrieve): a first pass sums, per document, only its rows
---   above their latent's threshold (retrieve_thresholds; negative rows always count), which
+--   every document (docs/design.md#retrieve-a-bound-that-skips-most-documents): a first pass
+--   sums, per document, only its rows above their latent's threshold (retrieve_thresholds; negative rows always count), which
 --   gives each such document a lower bound on its score, and the k-th best of those bounds is
 --   compared with the sum of the thresholds, which is the most a document with no such row
 --   can score. When it is higher (allowing 1e-9 of the magnitudes for rounding), only the

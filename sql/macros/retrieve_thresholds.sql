@@ -12,7 +12,8 @@
 -- notes: retrieve's first pass sums, per document, only the rows whose contribution
 --   (weight * max_act) is above its latent's threshold; a document with no such row scores at
 --   most the sum of the thresholds, so when that sum is below the k-th best of the first pass
---   those documents cannot be in the top k and are never aggregated (docs/design.md#retrieve).
+--   those documents cannot be in the top k and are never aggregated
+--   (docs/design.md#retrieve-a-bound-that-skips-most-documents).
 --   The thresholds only decide how much work that saves, never the result: retrieve checks the
 --   bound on the data and otherwise scores every document. They are chosen from latent_counts
 --   (counts and mean activations, which may lag doc_latents or be empty: then the latent's
